@@ -1,0 +1,1 @@
+//! Loading a Linux kernel into guest memory.
