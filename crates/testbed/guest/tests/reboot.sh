@@ -1,0 +1,3 @@
+#!/bin/sh
+# The VMM must exit with code 3 (guest reboot).
+reboot -f
