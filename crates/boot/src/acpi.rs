@@ -1,0 +1,235 @@
+//! ACPI tables for the fixed-feature hardware model of docs/architecture.md: RSDP (rev 2),
+//! XSDT, FADT (+ FACS, DSDT) and MADT, written to the [`ACPI_START`] area.
+
+use acpi_tables::aml::{
+    Device, EISAName, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
+};
+use acpi_tables::facs::FACS;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
+
+use crate::layout::{ACPI_SIZE, ACPI_START, ECAM_SIZE, ECAM_START, IOAPIC_START, LAPIC_START};
+
+/// SLP_TYP value of S5 (soft off) in the DSDT's `\_S5` package.
+pub const SLP_TYP_S5: u16 = 5;
+/// SCI interrupt (ISA IRQ 9, level, active high).
+pub const SCI_IRQ: u8 = 9;
+/// PM1a event block (PM1_STS, PM1_EN).
+pub const PM1A_EVT_PORT: u16 = 0x600;
+/// PM1a event block length.
+pub const PM1_EVT_LEN: u8 = 4;
+/// PM1a control block (SCI_EN, SLP_TYP, SLP_EN).
+pub const PM1A_CNT_PORT: u16 = 0x604;
+/// PM1a control block length.
+pub const PM1_CNT_LEN: u8 = 2;
+/// ACPI reset register (SystemIO).
+pub const RESET_PORT: u16 = 0x608;
+/// Value the guest writes to [`RESET_PORT`] to reset.
+pub const RESET_VALUE: u8 = 0x06;
+/// pvpanic port (`QEMU0001`).
+pub const PVPANIC_PORT: u16 = 0x505;
+/// Most vCPUs: xAPIC IDs 0..=254 (255 is the broadcast ID).
+pub const MAX_CPUS: u8 = 254;
+
+/// IAPC_BOOT_ARCH: legacy (LPC/ISA) devices exist.
+pub const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
+/// IAPC_BOOT_ARCH: an 8042 keyboard controller exists.
+pub const IAPC_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH: no VGA, do not probe it.
+pub const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// IAPC_BOOT_ARCH: no CMOS RTC (never set by thinvm).
+pub const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+
+const OEM_ID: [u8; 6] = *b"THINVM";
+const OEM_REVISION: u32 = 1;
+const MADT_PCAT_COMPAT: u32 = 1;
+
+/// Why the ACPI tables could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The vCPU count is 0 or above [`MAX_CPUS`].
+    #[error("cannot describe {cpus} vCPUs in the MADT (1..={MAX_CPUS})")]
+    BadCpuCount {
+        /// Requested count.
+        cpus: u8,
+    },
+    /// The tables outgrow their area.
+    #[error(
+        "ACPI table {signature} ({len} bytes) does not fit in {ACPI_START:#x}..+{ACPI_SIZE:#x}"
+    )]
+    TooLarge {
+        /// The table that did not fit.
+        signature: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// Guest memory write failed.
+    #[error("cannot write ACPI table {signature} at {addr:#x}: {source}")]
+    Write {
+        /// The table.
+        signature: &'static str,
+        /// Its address.
+        addr: u64,
+        /// The memory error.
+        source: GuestMemoryError,
+    },
+}
+
+/// Bump allocator over the ACPI area.
+struct Area {
+    next: u64,
+}
+
+impl Area {
+    fn alloc(&mut self, signature: &'static str, len: usize, align: u64) -> Result<u64, AcpiError> {
+        let too_large = AcpiError::TooLarge { signature, len };
+        let addr = self.next.checked_next_multiple_of(align).ok_or(too_large)?;
+        let end = addr
+            .checked_add(len as u64)
+            .filter(|&e| e <= ACPI_START + ACPI_SIZE);
+        self.next = end.ok_or(AcpiError::TooLarge { signature, len })?;
+        Ok(addr)
+    }
+}
+
+fn bytes_of(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
+}
+
+fn write<M: GuestMemoryBackend>(
+    mem: &M,
+    area: &mut Area,
+    signature: &'static str,
+    bytes: &[u8],
+    align: u64,
+) -> Result<u64, AcpiError> {
+    let addr = area.alloc(signature, bytes.len(), align)?;
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|source| AcpiError::Write {
+            signature,
+            addr,
+            source,
+        })?;
+    Ok(addr)
+}
+
+/// Writes all tables for `cpus` vCPUs; returns the RSDP address (= [`ACPI_START`]).
+pub fn create_acpi_tables<M: GuestMemoryBackend>(
+    mem: &M,
+    cpus: u8,
+) -> Result<GuestAddress, AcpiError> {
+    if cpus == 0 || cpus > MAX_CPUS {
+        return Err(AcpiError::BadCpuCount { cpus });
+    }
+    let mut area = Area { next: ACPI_START };
+    let rsdp_addr = area.alloc("RSDP", Rsdp::len(), 16)?;
+    let dsdt = write(mem, &mut area, "DSDT", &dsdt(), 16)?;
+    let facs = write(mem, &mut area, "FACS", &bytes_of(&FACS::new()), 64)?;
+    let fadt = write(mem, &mut area, "FACP", &bytes_of(&fadt(dsdt, facs)), 16)?;
+    let madt = write(mem, &mut area, "APIC", &madt(cpus), 16)?;
+    let mut xsdt = XSDT::new(OEM_ID, *b"THINXSDT", OEM_REVISION);
+    xsdt.add_entry(fadt);
+    xsdt.add_entry(madt);
+    let xsdt = write(mem, &mut area, "XSDT", &bytes_of(&xsdt), 16)?;
+    let rsdp = Rsdp::new(OEM_ID, xsdt);
+    mem.write_slice(&bytes_of(&rsdp), GuestAddress(rsdp_addr))
+        .map_err(|source| AcpiError::Write {
+            signature: "RSDP",
+            addr: rsdp_addr,
+            source,
+        })?;
+    Ok(GuestAddress(rsdp_addr))
+}
+
+fn io_gas(bits: u8, access: AccessSize, port: u16) -> GAS {
+    GAS::new(AddressSpace::SystemIo, bits, 0, access, port.into())
+}
+
+fn fadt(dsdt: u64, facs: u64) -> acpi_tables::fadt::FADT {
+    let mut f = FADTBuilder::new(OEM_ID, *b"THINFACP", OEM_REVISION)
+        .dsdt_64(dsdt)
+        .firmware_ctrl_64(facs)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::SlpButton) // no sleep button; PwrButton clear = fixed power button
+        .flag(Flags::ResetRegSup);
+    f.sci_int = u16::from(SCI_IRQ).into();
+    f.pm1a_evt_blk = u32::from(PM1A_EVT_PORT).into();
+    f.pm1a_cnt_blk = u32::from(PM1A_CNT_PORT).into();
+    f.pm1_evt_len = PM1_EVT_LEN;
+    f.pm1_cnt_len = PM1_CNT_LEN;
+    f.x_pm1a_evt_blk = io_gas(PM1_EVT_LEN * 8, AccessSize::WordAccess, PM1A_EVT_PORT);
+    f.x_pm1a_cnt_blk = io_gas(PM1_CNT_LEN * 8, AccessSize::WordAccess, PM1A_CNT_PORT);
+    f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT).into();
+    f.reset_reg = io_gas(8, AccessSize::ByteAccess, RESET_PORT);
+    f.reset_value = RESET_VALUE;
+    f.finalize()
+}
+
+/// MADT interrupt source override (type 2): ISA `source` -> `gsi` with MPS INTI `flags`.
+fn interrupt_override(source: u8, gsi: u32, flags: u16) -> Vec<u8> {
+    let mut v = vec![2, 10, 0, source];
+    v.extend_from_slice(&gsi.to_le_bytes());
+    v.extend_from_slice(&flags.to_le_bytes());
+    v
+}
+
+/// MPS INTI flags: active high (polarity 01) and edge (trigger 01) or level (trigger 11).
+const INTI_EDGE_HIGH: u16 = 0b0101;
+const INTI_LEVEL_HIGH: u16 = 0b1101;
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"THINAPIC", OEM_REVISION);
+    madt.write_u32(36, LAPIC_START as u32);
+    madt.write_u32(40, MADT_PCAT_COMPAT);
+    for id in 0..cpus {
+        madt.append_slice(&bytes_of(&ProcessorLocalApic::new(
+            id,
+            id,
+            EnabledStatus::Enabled,
+        )));
+    }
+    madt.append_slice(&bytes_of(&IoApic::new(0, IOAPIC_START as u32, 0)));
+    madt.append_slice(&interrupt_override(0, 2, INTI_EDGE_HIGH));
+    madt.append_slice(&interrupt_override(
+        SCI_IRQ,
+        u32::from(SCI_IRQ),
+        INTI_LEVEL_HIGH,
+    ));
+    // Local APIC NMI (type 4): all processors (0xff), flags "conforms", LINT1.
+    madt.append_slice(&[4, 6, 0xff, 0, 0, 1]);
+    madt.as_slice().to_vec()
+}
+
+fn dsdt() -> Vec<u8> {
+    let s5_type = SLP_TYP_S5 as u8;
+    let s5 = Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&s5_type, &s5_type, &0u8, &0u8]),
+    );
+    let pvpanic_io = IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
+    let pevt_hid = Name::new(Path::new("_HID"), &"QEMU0001");
+    let pevt_crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&pvpanic_io]));
+    let pevt = Device::new(Path::new("PEVT"), vec![&pevt_hid, &pevt_crs]);
+    let ecam = Memory32Fixed::new(false, ECAM_START as u32, ECAM_SIZE as u32);
+    let mres_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0C02"));
+    let mres_crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&ecam]));
+    let mres = Device::new(Path::new("MRES"), vec![&mres_hid, &mres_crs]);
+    let sb = Scope::new(Path::new("\\_SB_"), vec![&pevt, &mres]);
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"THINDSDT", OEM_REVISION);
+    dsdt.append_slice(&bytes_of(&s5));
+    dsdt.append_slice(&bytes_of(&sb));
+    dsdt.as_slice().to_vec()
+}
+
+#[cfg(test)]
+#[path = "acpi_tests.rs"]
+mod tests;
