@@ -1,1 +1,50 @@
-fn main() {}
+//! The `thinvm` command.
+
+mod nested;
+mod run;
+mod size;
+
+use clap::{Parser, Subcommand};
+
+/// thinvm: a thin KVM hypervisor. Boots unmodified Linux guests with a serial console.
+#[derive(Parser, Debug)]
+#[command(name = "thinvm", version, about, long_about = None)]
+struct Cli {
+    /// Log level for thinvm's own messages (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "THINVM_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Boot a VM with its serial console on this terminal.
+    ///
+    /// Exit codes: 0 the guest powered off, 2 bad input or unusable host, 3 the guest rebooted,
+    /// 4 the guest kernel panicked, 5 triple fault or internal error.
+    /// On an interactive terminal, Ctrl-A x ends the VM (Ctrl-A Ctrl-A sends Ctrl-A).
+    Run(run::RunArgs),
+}
+
+fn main() {
+    // Before any thread exists, so every thread inherits the mask.
+    vmm::signals::block_stop_signals();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => code,
+            Err(f) => {
+                eprintln!("thinvm: error: {:#}", f.error);
+                f.code
+            }
+        },
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,19 @@
-//! One VM.
+//! One VM: guest memory, vCPU threads, the platform devices, and its control.
+//!
+//! `vmm` is the only crate that names `hypervisor`; it wires `boot` (what to load) and `devices`
+//! (what the guest talks to) onto it.
+
+pub mod console;
+mod convert;
+mod devices;
+mod error;
+pub mod exit;
+pub mod memory;
+pub mod signals;
+pub mod vcpu;
+mod vm;
+
+pub use error::Error;
+pub use exit::{ExitReason, ExitSignal};
+pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};
+pub use vm::{Payload, Vm, VmConfig};

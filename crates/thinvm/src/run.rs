@@ -1,0 +1,150 @@
+//! `thinvm run`: boot one VM with its console on this terminal.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use vmm::console::{ConsoleInput, RawTerminal};
+use vmm::{HostKvm, Payload, Vm, VmConfig};
+
+use crate::size::parse_size;
+
+/// The command line a guest gets when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Where to run the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestbedMode {
+    /// Run on this host's KVM, or inside the nested testbed when this host's KVM cannot boot
+    /// unmodified guests (a PVM).
+    Auto,
+    /// Always run inside the nested testbed (QEMU emulating an AMD-V machine).
+    Always,
+    /// Never use the testbed: fail on a host that cannot boot unmodified guests.
+    Never,
+}
+
+/// Options of `thinvm run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Linux kernel to boot: a bzImage or an ELF vmlinux (PVH entry when it has the note).
+    /// Without it, thinvm boots its default VM: the Debian kernel installed by ./setup.sh and a
+    /// busybox initramfs with an interactive shell.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (a cpio archive, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Number of vCPUs (1 to the host's KVM limit).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: usize,
+    /// Guest memory, e.g. 512M or 2G (binary units).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub testbed: TestbedMode,
+}
+
+/// An error with its exit code (2 = bad input or unusable host, 5 = internal).
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
+    }
+}
+
+/// Runs the VM; returns the process exit code.
+pub fn run(args: RunArgs) -> Result<i32, Failure> {
+    if args.cpus == 0 {
+        return Err(anyhow::anyhow!("--cpus must be at least 1").into());
+    }
+    let host = vmm::probe_host();
+    let use_testbed = match (args.testbed, host) {
+        (TestbedMode::Always, _) => true,
+        (TestbedMode::Auto, HostKvm::Pvm) => true,
+        (TestbedMode::Never, HostKvm::Pvm) => {
+            return Err(anyhow::anyhow!(
+                "this host's /dev/kvm is a PVM (kvm_pvm): it emulates guest kernel code and cannot \
+                 boot an unmodified Linux kernel; use --testbed auto to run inside the nested testbed"
+            )
+            .into())
+        }
+        (_, HostKvm::Absent) => {
+            return Err(anyhow::anyhow!(
+                "/dev/kvm does not exist: load kvm_intel or kvm_amd, or run inside a VM with nested \
+                 virtualization"
+            )
+            .into())
+        }
+        _ => false,
+    };
+    if use_testbed {
+        return crate::nested::run_in_testbed(&args);
+    }
+    let (kernel, initrd) = resolve_payload(&args)?;
+    run_local(kernel, initrd, &args)
+}
+
+/// The kernel and initrd to boot: the user's, or the default VM's.
+fn resolve_payload(args: &RunArgs) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    match &args.kernel {
+        Some(k) => Ok((k.clone(), args.initrd.clone())),
+        None => {
+            if args.initrd.is_some() {
+                bail!("--initrd needs --kernel");
+            }
+            let vm = crate::nested::default_vm().context("preparing the default VM")?;
+            Ok((vm.kernel, Some(vm.initrd)))
+        }
+    }
+}
+
+fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result<i32, Failure> {
+    let cfg = VmConfig {
+        payload: Payload::Linux {
+            kernel,
+            initrd,
+            cmdline: args.cmdline.clone(),
+        },
+        cpus: args.cpus,
+        memory: args.memory,
+    };
+    let console: Box<dyn Write + Send> = Box::new(std::io::stdout());
+    let mut vm = Vm::new(&cfg, console).map_err(|e| Failure {
+        code: if e.is_bad_input() { 2 } else { 5 },
+        error: e.into(),
+    })?;
+    vmm::signals::watch_stop_signals(vm.exit_signal().clone())?;
+    let stdin = std::io::stdin().as_raw_fd();
+    let raw = RawTerminal::enable(stdin)?;
+    let input = ConsoleInput::start(
+        stdin,
+        Arc::clone(vm.serial()),
+        vm.exit_signal().clone(),
+        raw.is_some(),
+    )?;
+    vm.start().map_err(|e| Failure {
+        code: 5,
+        error: e.into(),
+    })?;
+    let reason = vm.wait();
+    drop(input);
+    drop(vm);
+    drop(raw);
+    let _ = std::io::stdout().flush();
+    eprintln!("thinvm: {}", reason.describe());
+    Ok(reason.exit_code())
+}
