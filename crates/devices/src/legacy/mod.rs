@@ -17,7 +17,7 @@ pub use acpi_pm::{AcpiPm, AcpiPmState, PM_BASE, PM_LEN};
 pub use cmos::{Cmos, CmosClock, CmosState, CMOS_BASE, CMOS_LEN};
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
 pub use pvpanic::{PvPanic, PVPANIC_BASE, PVPANIC_LEN};
-pub use serial::{Serial, SerialMetrics, SERIAL_BASE, SERIAL_LEN};
+pub use serial::{Serial, SerialError, SerialMetrics, SerialState, SERIAL_BASE, SERIAL_LEN};
 
 /// Lock-free counters common to the legacy devices.
 #[derive(Debug, Default)]

@@ -2,9 +2,10 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_superio::serial::SerialEvents;
+pub use vm_superio::serial::SerialState;
 use vm_superio::Trigger;
 
 use super::{fill_invalid, DeviceMetrics};
@@ -17,7 +18,7 @@ pub const SERIAL_BASE: u64 = 0x3f8;
 pub const SERIAL_LEN: u64 = 8;
 
 /// Lock-free counters of one UART, fed by vm-superio's `SerialEvents` hook and by
-/// [`Serial`] itself.
+/// [`Serial`] itself. Readable without the device lock (see [`Serial::metrics`]).
 #[derive(Debug, Default)]
 pub struct SerialMetrics {
     /// Bytes the guest transmitted that reached the output.
@@ -34,17 +35,31 @@ pub struct SerialMetrics {
     pub access: DeviceMetrics,
 }
 
-impl SerialEvents for SerialMetrics {
+/// vm-superio's event hook: feeds the metrics and wakes the input feeder.
+struct SerialHooks {
+    metrics: Arc<SerialMetrics>,
+    /// Signalled when the guest has drained the receive FIFO.
+    drained: Mutex<Option<Arc<dyn Interrupt>>>,
+}
+
+impl SerialEvents for SerialHooks {
     fn buffer_read(&self) {
-        self.bytes_in.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bytes_in.fetch_add(1, Ordering::Relaxed);
     }
     fn out_byte(&self) {
-        self.bytes_out.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bytes_out.fetch_add(1, Ordering::Relaxed);
     }
     fn tx_lost_byte(&self) {
-        self.bytes_out_lost.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bytes_out_lost.fetch_add(1, Ordering::Relaxed);
     }
-    fn in_buffer_empty(&self) {}
+    fn in_buffer_empty(&self) {
+        let drained = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notify) = drained.as_ref() {
+            if notify.trigger().is_err() {
+                self.metrics.irq_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Adapts an [`Interrupt`] to vm-superio's `Trigger`.
@@ -57,7 +72,24 @@ impl Trigger for IrqTrigger {
     }
 }
 
-type Uart = vm_superio::Serial<IrqTrigger, Arc<SerialMetrics>, Box<dyn Write + Send>>;
+type Uart = vm_superio::Serial<IrqTrigger, SerialHooks, Box<dyn Write + Send>>;
+
+/// Why a UART could not be restored from a [`SerialState`].
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    /// The saved receive buffer is larger than the FIFO.
+    #[error("serial state holds {len} input bytes, more than the FIFO takes")]
+    FifoOverflow {
+        /// Bytes in the saved receive buffer.
+        len: usize,
+    },
+    /// Re-raising a pending interrupt of the saved state failed.
+    #[error("serial state restore: raising the pending interrupt failed: {0}")]
+    Interrupt(#[source] std::io::Error),
+    /// Any other restore failure of the UART model.
+    #[error("serial state restore failed: {0}")]
+    Restore(String),
+}
 
 /// A 16550A UART: 8 one-byte registers; output goes to a writer, input is queued by the
 /// VMM with [`Serial::enqueue_input`].
@@ -72,12 +104,56 @@ impl Serial {
     /// A UART that raises `irq` (IRQ 4 for COM1) and writes the guest's output to `out`.
     pub fn new(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>) -> Self {
         let metrics = Arc::new(SerialMetrics::default());
-        let uart = vm_superio::Serial::with_events(IrqTrigger(irq), Arc::clone(&metrics), out);
+        let uart = vm_superio::Serial::with_events(IrqTrigger(irq), Self::hooks(&metrics), out);
+        Self::wrap(uart, metrics)
+    }
+
+    /// A UART restored from `state` (as returned by [`Serial::state`]); pending interrupts
+    /// of the state are raised again.
+    pub fn from_state(
+        state: &SerialState,
+        irq: Arc<dyn Interrupt>,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, SerialError> {
+        let metrics = Arc::new(SerialMetrics::default());
+        let hooks = Self::hooks(&metrics);
+        let uart = vm_superio::Serial::from_state(state, IrqTrigger(irq), hooks, out).map_err(
+            |e| match e {
+                vm_superio::serial::Error::FullFifo => SerialError::FifoOverflow {
+                    len: state.in_buffer.len(),
+                },
+                vm_superio::serial::Error::Trigger(e) => SerialError::Interrupt(e),
+                vm_superio::serial::Error::IOError(e) => SerialError::Restore(e.to_string()),
+            },
+        )?;
+        Ok(Self::wrap(uart, metrics))
+    }
+
+    fn hooks(metrics: &Arc<SerialMetrics>) -> SerialHooks {
+        SerialHooks {
+            metrics: Arc::clone(metrics),
+            drained: Mutex::new(None),
+        }
+    }
+
+    fn wrap(uart: Uart, metrics: Arc<SerialMetrics>) -> Self {
         Self {
             uart,
             metrics,
             error_logged: AtomicBool::new(false),
         }
+    }
+
+    /// The register state and pending input, for snapshots.
+    pub fn state(&self) -> SerialState {
+        self.uart.state()
+    }
+
+    /// Signals `notify` whenever the guest empties the receive FIFO, so an input feeder
+    /// that got a short count from [`Serial::enqueue_input`] knows when to retry.
+    pub fn set_input_drained_notifier(&mut self, notify: Arc<dyn Interrupt>) {
+        let hooks = self.uart.events();
+        *hooks.drained.lock().unwrap_or_else(|e| e.into_inner()) = Some(notify);
     }
 
     /// The counters of this UART, readable without the device lock.

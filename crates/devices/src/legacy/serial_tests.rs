@@ -135,3 +135,48 @@ fn broken_output_counts_lost_bytes_without_panicking() {
     assert_eq!(m.bytes_out_lost.load(Ordering::Relaxed), 2);
     assert_eq!(m.bytes_out.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn drained_notifier_fires_when_guest_empties_fifo() {
+    let (mut s, _irq, _out) = serial();
+    let drained = Arc::new(CountingInterrupt::default());
+    s.set_input_drained_notifier(drained.clone());
+    assert_eq!(s.enqueue_input(b"ab"), 2);
+    assert_eq!(rd(&mut s, DATA), b'a');
+    assert_eq!(drained.count(), 0, "one byte still queued");
+    assert_eq!(rd(&mut s, DATA), b'b');
+    assert_eq!(drained.count(), 1);
+}
+
+#[test]
+fn state_round_trip_keeps_registers_and_input() {
+    let (mut s, _irq, _out) = serial();
+    s.write(7, &[0x42]);
+    s.write(IER, &[IER_RDA]);
+    s.enqueue_input(b"xyz");
+    let state = s.state();
+    let irq = Arc::new(CountingInterrupt::default());
+    let mut r = Serial::from_state(&state, irq.clone(), Box::new(std::io::sink())).unwrap();
+    assert_eq!(irq.count(), 1, "pending RDA interrupt raised again");
+    assert_eq!(rd(&mut r, 7), 0x42);
+    assert_eq!(rd(&mut r, IER), IER_RDA);
+    assert_eq!(rd(&mut r, DATA), b'x');
+    assert_eq!(rd(&mut r, DATA), b'y');
+    assert_eq!(rd(&mut r, DATA), b'z');
+    assert_eq!(r.state().in_buffer, Vec::<u8>::new());
+}
+
+#[test]
+fn from_state_rejects_oversized_fifo() {
+    let (s, _irq, _out) = serial();
+    let mut state = s.state();
+    state.in_buffer = vec![0; s.input_space() + 1];
+    let irq = Arc::new(CountingInterrupt::default());
+    let err = Serial::from_state(&state, irq, Box::new(std::io::sink()))
+        .err()
+        .expect("oversized FIFO must be refused");
+    assert!(
+        matches!(err, SerialError::FifoOverflow { len } if len == state.in_buffer.len()),
+        "{err}"
+    );
+}
