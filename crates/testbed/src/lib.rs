@@ -2,7 +2,7 @@
 //!
 //! An outer QEMU (TCG, `-cpu max` with SVM) boots Debian's cloud kernel with kvm-amd; its
 //! initramfs carries the VMM under test, the guest kernel and a guest initramfs, and runs
-//! scenario scripts with begin/end markers on the console.
+//! scenario scripts with begin/end markers on the console. See [`Testbed`].
 
 pub mod assets;
 pub mod cache;
@@ -11,5 +11,18 @@ pub mod elf;
 pub mod images;
 pub mod kmod;
 pub mod ldd;
+pub mod markers;
 pub mod outer;
+pub mod qemu;
+mod testbed;
 pub mod vmlinux;
+
+pub use assets::Assets;
+pub use images::{GuestSpec, Script};
+pub use markers::Status;
+pub use outer::OuterSpec;
+pub use qemu::OuterOptions;
+pub use testbed::{
+    decode_debug_exit, interactive_script, shell_quote, Scenario, ScenarioResult, Testbed,
+    TestbedConfig, TestbedError,
+};
