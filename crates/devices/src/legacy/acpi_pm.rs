@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::{fill_invalid, DeviceMetrics};
+use super::{fill_invalid, DeviceMetrics, GuestLog};
 use crate::bus::BusDevice;
 use crate::events::{GuestEvent, GuestEventSink};
 use crate::interrupt::IrqLine;
@@ -79,6 +79,8 @@ pub struct AcpiPm {
     sci: Arc<dyn IrqLine>,
     events: Arc<dyn GuestEventSink>,
     metrics: Arc<DeviceMetrics>,
+    log_power: GuestLog,
+    log_sleep: GuestLog,
 }
 
 impl AcpiPm {
@@ -90,6 +92,8 @@ impl AcpiPm {
             sci,
             events,
             metrics: Arc::default(),
+            log_power: GuestLog::default(),
+            log_sleep: GuestLog::default(),
         }
     }
 
@@ -143,10 +147,13 @@ impl AcpiPm {
         }
         let slp_typ = (cnt & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
         if slp_typ == SLP_TYP_S5 {
-            tracing::info!("acpi-pm: guest entered S5 (power off)");
+            self.log_power
+                .info(format_args!("acpi-pm: guest entered S5 (power off)"));
             self.events.notify(GuestEvent::PowerOff);
         } else {
-            tracing::warn!("acpi-pm: ignoring sleep request with SLP_TYP {slp_typ}");
+            self.log_sleep.warn(format_args!(
+                "acpi-pm: ignoring sleep request with SLP_TYP {slp_typ}"
+            ));
         }
     }
 
@@ -199,7 +206,8 @@ impl BusDevice for AcpiPm {
         self.update_sci();
         match reset {
             Some(RESET_VALUE) => {
-                tracing::info!("acpi-pm: guest wrote the reset register");
+                self.log_power
+                    .info(format_args!("acpi-pm: guest wrote the reset register"));
                 self.events.notify(GuestEvent::Reboot);
             }
             Some(v) => tracing::debug!("acpi-pm: ignoring reset register value {v:#04x}"),

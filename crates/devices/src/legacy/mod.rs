@@ -61,3 +61,28 @@ impl DeviceMetrics {
 pub(crate) fn fill_invalid(data: &mut [u8]) {
     data.fill(0xff);
 }
+
+/// A log site the guest can trigger: its first message is logged at the given level,
+/// later ones only at `debug`, so a guest cannot flood the VMM's log.
+#[derive(Debug, Default)]
+pub(crate) struct GuestLog(AtomicBool);
+
+impl GuestLog {
+    /// Logs at `info` the first time, `debug` afterwards.
+    pub(crate) fn info(&self, what: fmt::Arguments<'_>) {
+        if self.0.swap(true, Ordering::Relaxed) {
+            tracing::debug!("{what}");
+        } else {
+            tracing::info!("{what}");
+        }
+    }
+
+    /// Logs at `warn` the first time, `debug` afterwards.
+    pub(crate) fn warn(&self, what: fmt::Arguments<'_>) {
+        if self.0.swap(true, Ordering::Relaxed) {
+            tracing::debug!("{what}");
+        } else {
+            tracing::warn!("{what}");
+        }
+    }
+}

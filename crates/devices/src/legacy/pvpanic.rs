@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{fill_invalid, DeviceMetrics};
+use super::{fill_invalid, DeviceMetrics, GuestLog};
 use crate::bus::BusDevice;
 use crate::events::{GuestEvent, GuestEventSink};
 
@@ -21,6 +21,8 @@ const CRASH_LOADED: u8 = 1 << 1;
 pub struct PvPanic {
     events: Arc<dyn GuestEventSink>,
     metrics: Arc<DeviceMetrics>,
+    log_crash: GuestLog,
+    log_panic: GuestLog,
 }
 
 impl PvPanic {
@@ -29,6 +31,8 @@ impl PvPanic {
         Self {
             events,
             metrics: Arc::default(),
+            log_crash: GuestLog::default(),
+            log_panic: GuestLog::default(),
         }
     }
 
@@ -66,10 +70,13 @@ impl BusDevice for PvPanic {
             return;
         }
         if value & CRASH_LOADED != 0 {
-            tracing::info!("pvpanic: guest reports a crash kernel is loaded");
+            self.log_crash.info(format_args!(
+                "pvpanic: guest reports a crash kernel is loaded"
+            ));
         }
         if value & PANICKED != 0 {
-            tracing::warn!("pvpanic: guest kernel panicked");
+            self.log_panic
+                .warn(format_args!("pvpanic: guest kernel panicked"));
             self.events.notify(GuestEvent::Panic);
         }
     }

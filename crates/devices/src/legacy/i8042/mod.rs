@@ -16,7 +16,7 @@ mod keyboard;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{fill_invalid, DeviceMetrics};
+use super::{fill_invalid, DeviceMetrics, GuestLog};
 use crate::bus::BusDevice;
 use crate::events::{GuestEvent, GuestEventSink};
 use crate::interrupt::Interrupt;
@@ -107,6 +107,7 @@ pub struct I8042 {
     aux_irq: Option<Arc<dyn Interrupt>>,
     events: Arc<dyn GuestEventSink>,
     metrics: Arc<DeviceMetrics>,
+    log_reset: GuestLog,
 }
 
 impl I8042 {
@@ -125,6 +126,7 @@ impl I8042 {
             aux_irq: None,
             events,
             metrics: Arc::default(),
+            log_reset: GuestLog::default(),
         }
     }
 
@@ -206,7 +208,9 @@ impl I8042 {
     }
 
     fn reset_pulse(&self, source: &str) {
-        tracing::info!("i8042: guest pulsed the reset line ({source})");
+        self.log_reset.info(format_args!(
+            "i8042: guest pulsed the reset line ({source})"
+        ));
         self.events.notify(GuestEvent::Reboot);
     }
 
