@@ -151,6 +151,8 @@ impl Bus {
 fn lock(dev: &SharedDevice) -> MutexGuard<'_, dyn BusDevice + 'static> {
     dev.lock().unwrap_or_else(|e| {
         tracing::warn!("bus device mutex was poisoned by a panic; recovering it");
+        // Clear the flag so the warning comes once per panic, not once per access.
+        dev.clear_poison();
         e.into_inner()
     })
 }

@@ -135,6 +135,9 @@ fn poisoned_device_mutex_does_not_panic_callers() {
     let mut data = [0u8];
     assert!(bus.read(0x505, &mut data));
     assert_eq!(data, [0x42]);
+    // The first recovery cleared the poison flag.
+    let dev = bus.remove(0x505).unwrap();
+    assert!(!dev.is_poisoned());
 }
 
 /// Counts every byte written at offset 0.
