@@ -1,1 +1,103 @@
-fn main() {}
+//! `cargo xtask`: the nested testbed's smoke test, the thinvm end-to-end scenarios and the boot
+//! benchmark.
+
+mod bench;
+mod e2e;
+mod smoke;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Project tasks that need the nested testbed.
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Echo the outer console while it runs.
+    #[arg(long, global = true)]
+    echo: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot the outer machine and run the guest with QEMU as inner VMM (`info.sh`).
+    TestbedSmoke,
+    /// Run the thinvm end-to-end scenarios in the testbed.
+    E2e {
+        /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
+        #[arg(long)]
+        thinvm: Option<PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time to the guest's /init marker and VMM memory: thinvm vs QEMU pc vs QEMU microvm.
+    Boot {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
+        #[arg(long)]
+        thinvm: Option<PathBuf>,
+        /// Skip thinvm (QEMU only).
+        #[arg(long)]
+        no_thinvm: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber_init();
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Cmd::TestbedSmoke => smoke::run(cli.echo)?,
+        Cmd::E2e { thinvm } => e2e::run(thinvm, cli.echo)?,
+        Cmd::Bench {
+            what:
+                BenchCmd::Boot {
+                    rounds,
+                    thinvm,
+                    no_thinvm,
+                },
+        } => bench::boot(rounds, thinvm, no_thinvm, cli.echo)?,
+    };
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Logs from the testbed library go to stderr (RUST_LOG, default info).
+fn tracing_subscriber_init() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Builds thinvm with the shared CI profile unless a binary is given.
+pub fn thinvm_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        anyhow::ensure!(p.is_file(), "thinvm binary {} not found", p.display());
+        return Ok(p);
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--profile", "ci", "-p", "thinvm"])
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build -p thinvm failed: {status}");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("target"));
+    Ok(target.join("ci").join("thinvm"))
+}

@@ -221,6 +221,9 @@ fn unpack(deb: &Path, root: &Path) -> Result<(), AssetsError> {
     };
     let tmp = root.with_extension(format!("tmp.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    if let Some(parent) = root.parent() {
+        cache::ensure_dir(parent)?;
+    }
     run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
     std::fs::write(tmp.join(".complete"), b"").map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(root);
