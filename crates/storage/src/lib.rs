@@ -1,1 +1,12 @@
-//! Disk image formats.
+//! Disk images for thinvm: one block-backend interface ([`BlockBackend`]) over raw, qcow2
+//! (read-write, backing chains, overlays), VHD and VHDX (read-only) images; creation, checks,
+//! conversion and commit for `thinvm image`. Knows neither guest memory nor KVM.
+
+pub mod backend;
+pub mod chain;
+pub mod file;
+pub mod formats;
+pub mod io;
+
+pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind};
+pub use chain::{open_image, probe_format, Format, OpenError, OpenOptions};

@@ -1,0 +1,4 @@
+//! Disk image formats.
+
+pub mod qcow2;
+pub mod raw;

@@ -1,0 +1,97 @@
+//! A bounded write-back cache of qcow2 L2 tables.
+
+use std::collections::HashMap;
+
+/// One cached L2 table.
+pub struct Table {
+    /// Raw entries (two words per entry with extended L2).
+    pub entries: Vec<u64>,
+    /// Changed since it was last written.
+    pub dirty: bool,
+    last_use: u64,
+}
+
+/// L2 tables by their offset in the file, at most `capacity` of them.
+pub struct L2Cache {
+    tables: HashMap<u64, Table>,
+    capacity: usize,
+    clock: u64,
+}
+
+impl L2Cache {
+    /// A cache holding at most `capacity` tables (at least 2).
+    pub fn new(capacity: usize) -> Self {
+        L2Cache {
+            tables: HashMap::new(),
+            capacity: capacity.max(2),
+            clock: 0,
+        }
+    }
+
+    /// The table at `off`, if cached (marks it used).
+    pub fn get_mut(&mut self, off: u64) -> Option<&mut Table> {
+        self.clock += 1;
+        let clock = self.clock;
+        let t = self.tables.get_mut(&off)?;
+        t.last_use = clock;
+        Some(t)
+    }
+
+    /// Whether inserting one more table needs an eviction, and of which (dirty) table.
+    pub fn victim(&self) -> Option<(u64, bool)> {
+        if self.tables.len() < self.capacity {
+            return None;
+        }
+        self.tables
+            .iter()
+            .min_by_key(|(_, t)| (t.dirty, t.last_use))
+            .map(|(&k, t)| (k, t.dirty))
+    }
+
+    /// Drops the table at `off`.
+    pub fn remove(&mut self, off: u64) {
+        self.tables.remove(&off);
+    }
+
+    /// Caches a table (the caller evicted first if needed).
+    pub fn insert(&mut self, off: u64, entries: Vec<u64>, dirty: bool) {
+        self.clock += 1;
+        self.tables.insert(
+            off,
+            Table {
+                entries,
+                dirty,
+                last_use: self.clock,
+            },
+        );
+    }
+
+    /// Offsets of the dirty tables, sorted.
+    pub fn dirty(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(&k, _)| k)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_clean_least_recent_first() {
+        let mut c = L2Cache::new(2);
+        c.insert(512, vec![0; 4], true);
+        c.insert(1024, vec![0; 4], false);
+        assert_eq!(c.victim(), Some((1024, false)));
+        c.get_mut(1024).unwrap().dirty = true;
+        c.get_mut(512);
+        assert_eq!(c.victim(), Some((1024, true)));
+        assert_eq!(c.dirty(), vec![512, 1024]);
+    }
+}

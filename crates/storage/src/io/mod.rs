@@ -1,0 +1,3 @@
+//! I/O engines under the formats.
+
+pub mod aligned;
