@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use acpi_pm::{AcpiPm, AcpiPmState, PM_BASE, PM_LEN};
 pub use cmos::{Cmos, CmosClock, CmosState, CMOS_BASE, CMOS_LEN};
-pub use i8042::{I8042, I8042_BASE, I8042_LEN};
+pub use i8042::{I8042State, I8042StateError, I8042, I8042_BASE, I8042_LEN};
 pub use pvpanic::{PvPanic, PVPANIC_BASE, PVPANIC_LEN};
 pub use serial::{Serial, SerialError, SerialMetrics, SerialState, SERIAL_BASE, SERIAL_LEN};
 

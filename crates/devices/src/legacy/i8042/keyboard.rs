@@ -39,6 +39,38 @@ impl Default for Keyboard {
 }
 
 impl Keyboard {
+    /// A keyboard in the given state, or `None` if it is not one the keyboard can be in.
+    pub fn from_parts(
+        awaiting_param: Option<u8>,
+        scanning: bool,
+        scancode_set: u8,
+    ) -> Option<Self> {
+        let pending_ok = matches!(
+            awaiting_param,
+            None | Some(CMD_SET_LEDS | CMD_SET_RATE | CMD_SCANCODE_SET)
+        );
+        (pending_ok && (1..=3).contains(&scancode_set)).then_some(Self {
+            awaiting_param,
+            scanning,
+            scancode_set,
+        })
+    }
+
+    /// The command waiting for its parameter byte.
+    pub fn awaiting_param(&self) -> Option<u8> {
+        self.awaiting_param
+    }
+
+    /// Whether scanning is enabled.
+    pub fn scanning(&self) -> bool {
+        self.scanning
+    }
+
+    /// The scan code set in use.
+    pub fn scancode_set(&self) -> u8 {
+        self.scancode_set
+    }
+
     /// Handles a byte the host wrote to the keyboard; returns the keyboard's reply.
     pub fn write(&mut self, byte: u8) -> Vec<u8> {
         if let Some(cmd) = self.awaiting_param.take() {

@@ -12,6 +12,7 @@
 //! disables the AUX port; give one with [`I8042::with_aux_irq`] to avoid that.
 
 mod keyboard;
+mod state;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::bus::BusDevice;
 use crate::events::{GuestEvent, GuestEventSink};
 use crate::interrupt::Interrupt;
 use keyboard::Keyboard;
+pub use state::{I8042State, I8042StateError};
 
 /// Base port (data register; the status / command register is at base + 4).
 pub const I8042_BASE: u64 = 0x60;

@@ -217,3 +217,88 @@ fn without_aux_irq_aux_bytes_use_irq1() {
     dev.write(OFF_DATA, &[0x5a]);
     assert_eq!(kbd.count(), 1);
 }
+
+#[test]
+fn state_round_trip_mid_conversation() {
+    let mut r = rig();
+    r.put(0xf2); // GET ID: three reply bytes queued.
+    assert_eq!(r.data(), keyboard::ACK);
+    r.put(0xed); // Keyboard now waits for the LED byte.
+    r.cmd(CMD_AUX_LOOP); // Controller waits for the loop byte.
+    let st = r.dev.state();
+    assert_eq!(st.pending_command, Some(CMD_AUX_LOOP));
+    assert_eq!(st.keyboard_pending, Some(0xed));
+    assert_eq!(st.output.len(), 3);
+
+    let mut n = rig();
+    n.dev.set_state(&st).unwrap();
+    assert_eq!(n.kbd.count(), 1, "pending byte raises its interrupt again");
+    assert_eq!(n.dev.state(), st);
+    assert_eq!(n.data(), 0xab);
+    assert_eq!(n.data(), 0x83);
+    assert_eq!(n.data(), keyboard::ACK);
+    n.put(0x77); // Completes the AUX loop, not a keyboard byte.
+    assert_eq!(
+        n.reply(),
+        (0x77, STS_OBF | STS_AUXDATA | STS_SYS | STS_UNLOCKED)
+    );
+    n.put(0x07); // The LED parameter.
+    assert_eq!(n.data(), keyboard::ACK);
+    assert_eq!(n.dev.state().keyboard_pending, None);
+}
+
+#[test]
+fn invalid_state_is_refused_and_changes_nothing() {
+    let mut r = rig();
+    let good = r.dev.state();
+    let cases = [
+        (
+            I8042State {
+                output: vec![(0, 0); OUT_CAPACITY + 1],
+                ..good.clone()
+            },
+            I8042StateError::OutputOverflow {
+                len: OUT_CAPACITY + 1,
+                max: OUT_CAPACITY,
+            },
+        ),
+        (
+            I8042State {
+                output: vec![(0, 0), (1, 0x01)],
+                ..good.clone()
+            },
+            I8042StateError::OutputStatus { index: 1, bits: 1 },
+        ),
+        (
+            I8042State {
+                pending_command: Some(0xaa),
+                ..good.clone()
+            },
+            I8042StateError::PendingCommand(0xaa),
+        ),
+        (
+            I8042State {
+                keyboard_scancode_set: 4,
+                ..good.clone()
+            },
+            I8042StateError::Keyboard {
+                pending: None,
+                set: 4,
+            },
+        ),
+        (
+            I8042State {
+                keyboard_pending: Some(0xff),
+                ..good.clone()
+            },
+            I8042StateError::Keyboard {
+                pending: Some(0xff),
+                set: 2,
+            },
+        ),
+    ];
+    for (bad, err) in cases {
+        assert_eq!(r.dev.set_state(&bad), Err(err));
+        assert_eq!(r.dev.state(), good);
+    }
+}
