@@ -56,11 +56,12 @@ pub(crate) fn load<M: GuestMemoryBackend>(
         _ => None,
     };
     check_fits(start, reserved_end, ram_end)?;
-    let result =
-        BzImage::load(mem, Some(GuestAddress(start)), file, None).map_err(KernelError::Loader)?;
+    BzImage::load(mem, Some(GuestAddress(start)), file, None).map_err(KernelError::Loader)?;
+    let mut hdr = hdr;
+    // Where the protected-mode kernel now is (start fits 32 bits: it is HIMEM_START).
+    hdr.code32_start = start as u32;
     Ok(LoadedKernel {
-        // linux-loader always returns the header for a bzImage (with code32_start updated).
-        entry: KernelEntry::BzImage(result.setup_header.unwrap_or(hdr)),
+        entry: KernelEntry::BzImage(hdr),
         start,
         end: end.unwrap_or(u64::MAX),
         reserved_end: reserved_end.unwrap_or(u64::MAX),

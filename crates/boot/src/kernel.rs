@@ -10,6 +10,8 @@ use vm_memory::{ByteValued, GuestMemoryBackend};
 
 /// The 'HdrS' magic of a bzImage setup header (at file offset 0x202).
 pub const HDRS_MAGIC: u32 = 0x5372_6448;
+/// File offset of the "HdrS" magic in a bzImage.
+pub const HDRS_MAGIC_OFFSET: u64 = 0x202;
 /// File offset of the setup header in a bzImage.
 pub const SETUP_HEADER_OFFSET: u64 = 0x1f1;
 const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
@@ -186,7 +188,20 @@ fn read_setup_header(file: &mut File, len: u64) -> Result<Option<setup_header>, 
         len,
         "setup header",
     )?;
-    Ok((hdr.header == HDRS_MAGIC).then_some(hdr))
+    if hdr.header != HDRS_MAGIC {
+        return Ok(None);
+    }
+    // The header ends at 0x202 + the byte at 0x201 (the jump's displacement); what follows is
+    // setup code, not header fields of this (older) protocol version: clear it.
+    let jump = hdr.jump;
+    let end = HDRS_MAGIC_OFFSET + u64::from(jump >> 8) - SETUP_HEADER_OFFSET;
+    if let Some(rest) = hdr
+        .as_mut_slice()
+        .get_mut(usize::try_from(end).unwrap_or(usize::MAX)..)
+    {
+        rest.fill(0);
+    }
+    Ok(Some(hdr))
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, with a truncation error if the file is short.

@@ -11,7 +11,7 @@ mod bzimage;
 pub mod cmdline;
 pub mod e820;
 mod elf;
-mod entry;
+pub mod entry;
 pub mod gdt;
 pub mod initrd;
 pub mod kernel;

@@ -44,6 +44,8 @@ pub struct BzSpec {
     pub pref_address: u64,
     pub init_size: u32,
     pub payload_len: usize,
+    /// File offset where the header ends (0x202 + the jump displacement at 0x201).
+    pub header_end: usize,
 }
 
 impl Default for BzSpec {
@@ -59,6 +61,7 @@ impl Default for BzSpec {
             pref_address: 0x100_0000,
             init_size: 0x40_0000,
             payload_len: 0x2345,
+            header_end: 0x26c,
         }
     }
 }
@@ -70,6 +73,12 @@ pub fn bzimage(s: &BzSpec) -> Vec<u8> {
     let mut img = vec![0u8; setup_len];
     put(&mut img, 0x1f1, &[s.setup_sects]);
     put(&mut img, 0x1fe, &0xaa55u16.to_le_bytes());
+    // Short jump over the header, which ends at 0x26c for protocol 2.15.
+    put(
+        &mut img,
+        0x200,
+        &[0xeb, s.header_end.saturating_sub(0x202) as u8],
+    );
     put(&mut img, 0x202, b"HdrS");
     put(&mut img, 0x206, &s.version.to_le_bytes());
     put(&mut img, 0x211, &[s.loadflags]);

@@ -156,6 +156,37 @@ fn bzimage_boots_by_the_64_bit_protocol() {
 }
 
 #[test]
+fn setup_header_is_copied_only_up_to_its_end() {
+    let mem = guest(64 * MIB);
+    // Protocol 2.12: the header ends at 0x268; what follows in the file is setup code.
+    let spec = BzSpec {
+        version: 0x020c,
+        header_end: 0x268,
+        ..BzSpec::default()
+    };
+    let mut image = bzimage(&spec);
+    image[0x268..0x26c].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    boot(&mem, &image, None, "").unwrap();
+    let zp = ZERO_PAGE_START;
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(zp + 0x260)).unwrap(),
+        spec.init_size
+    );
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(zp + 0x268)).unwrap(), 0);
+    // A jump that ends the header before the version field leaves no usable header.
+    let short = bzimage(&BzSpec {
+        header_end: 0x204,
+        ..BzSpec::default()
+    });
+    assert!(matches!(
+        boot(&mem, &short, None, ""),
+        Err(Error::Kernel(crate::KernelError::BzImageTooOld {
+            version: 0
+        }))
+    ));
+}
+
+#[test]
 fn elf_with_pvh_note_boots_by_pvh() {
     let mem = guest(64 * MIB);
     let spec = ElfSpec {
@@ -286,3 +317,29 @@ fn five_gib_guest_boots_with_high_ram_in_the_map() {
 
 #[path = "tests_bad_input.rs"]
 mod bad_input;
+
+/// Loads real kernels named by `THINVM_TEST_BZIMAGE` / `THINVM_TEST_VMLINUX` (e.g. Debian's
+/// cloud kernel and the vmlinux cut from it). Run with `cargo test -p boot -- --ignored`.
+#[test]
+#[ignore = "needs real kernel files named by environment variables"]
+fn real_kernels_from_env() {
+    let mem = guest(256 * MIB);
+    let path = std::env::var("THINVM_TEST_BZIMAGE").expect("THINVM_TEST_BZIMAGE");
+    let image = std::fs::read(path).unwrap();
+    let st = boot(&mem, &image, Some(&pattern(1 << 20, 5)), "console=ttyS0").unwrap();
+    assert_eq!(st.protocol, BootProtocol::Linux64);
+    let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+    let hdr = params.hdr;
+    eprintln!(
+        "bzImage: protocol {:#x}, init_size {:#x}, pref_address {:#x}, initrd at {:#x}, kernel end {:#x}",
+        { hdr.version }, { hdr.init_size }, { hdr.pref_address }, { hdr.ramdisk_image }, st.kernel_end.0
+    );
+    let path = std::env::var("THINVM_TEST_VMLINUX").expect("THINVM_TEST_VMLINUX");
+    let image = std::fs::read(path).unwrap();
+    let st = boot(&mem, &image, None, "console=ttyS0").unwrap();
+    assert_eq!(st.protocol, BootProtocol::Pvh);
+    eprintln!(
+        "vmlinux: PVH entry {:#x}, kernel end {:#x}",
+        st.regs.rip, st.kernel_end.0
+    );
+}
