@@ -251,6 +251,12 @@ impl Qcow2 {
         &self.h
     }
 
+    /// Closes the image without the final flush, as a crash would (for tests and tools
+    /// that simulate one): unflushed L2/L1 updates are lost, at worst leaking clusters.
+    pub fn abandon(mut self) {
+        self.read_only = true;
+    }
+
     /// Cluster size in bytes.
     pub fn cluster_size(&self) -> u64 {
         self.cs
