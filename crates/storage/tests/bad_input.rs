@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::*;
 use storage::formats::qcow2::{create_file, CreateOptions};
-use storage::{open_image, BlockBackend, BlockError, Format, OpenError, OpenOptions};
+use storage::{open_image, BlockError, Format, OpenError, OpenOptions};
 
 fn rw() -> OpenOptions {
     OpenOptions {
