@@ -5,6 +5,9 @@
 //! an ELF vmlinux without a PVH note: Linux 64-bit entry) or `hvm_start_info` (an ELF with the
 //! Xen PVH note), and returns the boot vCPU's [`EntryState`]. No KVM here: the state is
 //! hypervisor neutral. The memory map is in [`layout`] and docs/architecture.md.
+//!
+//! Guest memory is any `vm_memory::GuestMemoryBackend` (vm-memory 0.18's name for the
+//! physical-memory trait that `GuestMemoryMmap` implements; linux-loader needs it).
 
 pub mod acpi;
 mod bzimage;
@@ -98,7 +101,7 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, cfg: BootConfig) -> Result<EntryStat
     let e820 = e820::build_e820(mem)?;
     let ram_end = e820::ram_containing(&e820, HIMEM_START).map_or(0, |(_, end)| end);
     let kernel = kernel::load_kernel(mem, cfg.kernel, ram_end)?;
-    tracing::debug!(?kernel.entry, start = kernel.start, end = kernel.end, "kernel loaded");
+    tracing::debug!(start = kernel.start, end = kernel.end, "kernel loaded");
 
     let (cmdline_max, initrd_limit) = match &kernel.entry {
         KernelEntry::BzImage(hdr) => {
@@ -135,12 +138,19 @@ pub fn load<M: GuestMemoryBackend>(mem: &M, cfg: BootConfig) -> Result<EntryStat
         })?;
         Ok(entry::linux64(rip, cr3, kernel.end))
     };
-    match kernel.entry {
-        KernelEntry::BzImage(hdr) => linux64(hdr, kernel.start + bzimage::ENTRY_64_OFFSET),
-        KernelEntry::Elf64(rip) => linux64(zero_page::synthetic_setup_header(), rip),
+    let state = match kernel.entry {
+        KernelEntry::BzImage(hdr) => linux64(hdr, kernel.start + bzimage::ENTRY_64_OFFSET)?,
+        KernelEntry::Elf64(rip) => linux64(zero_page::synthetic_setup_header(), rip)?,
         KernelEntry::Pvh(rip) => {
             let info = pvh::write_start_info(mem, initrd, &e820, rsdp)?;
-            Ok(entry::pvh(rip, info, kernel.end))
+            entry::pvh(rip, info, kernel.end)
         }
-    }
+    };
+    tracing::info!(
+        protocol = ?state.protocol,
+        rip = format_args!("{:#x}", state.regs.rip),
+        initrd = ?initrd.map(|i| (i.addr, i.size)),
+        "guest memory prepared for boot"
+    );
+    Ok(state)
 }
