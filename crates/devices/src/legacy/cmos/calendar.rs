@@ -70,6 +70,32 @@ impl DateTime {
         }
     }
 
+    /// Seconds since the epoch of this date and time (the weekday is ignored), or `None`
+    /// if a field is out of range or the year is outside 1970..=9999.
+    pub fn to_unix(self) -> Option<u64> {
+        let valid = (1970..=MAX_YEAR).contains(&self.year)
+            && (1..=12).contains(&self.month)
+            && self.day >= 1
+            && u64::from(self.day) <= days_in_month(self.year, self.month)
+            && self.hour <= 23
+            && self.minute <= 59
+            && self.second <= 59;
+        if !valid {
+            return None;
+        }
+        let years: u64 = (1970..self.year)
+            .map(|y| if is_leap(y) { 366 } else { 365 })
+            .sum();
+        let months: u64 = (1..self.month).map(|m| days_in_month(self.year, m)).sum();
+        let days = years + months + u64::from(self.day) - 1;
+        Some(
+            days * 86_400
+                + u64::from(self.hour) * 3600
+                + u64::from(self.minute) * 60
+                + u64::from(self.second),
+        )
+    }
+
     fn max() -> Self {
         Self {
             year: MAX_YEAR,
@@ -122,6 +148,45 @@ mod tests {
             DateTime::from_unix(4_107_542_400),
             dt(2100, 3, 1, 0, 0, 0, 2)
         );
+    }
+
+    #[test]
+    fn to_unix_inverts_from_unix() {
+        // A spread of instants, including leap days and year ends.
+        let sparse = (0..253_402_300_799u64).step_by(86_400 * 1_999 + 3_671);
+        // Densely over 1999..2101, where guests live.
+        let dense = (915_148_800..4_133_980_800u64).step_by(86_400 * 13 + 3_671);
+        for t in sparse.chain(dense) {
+            let d = DateTime::from_unix(t);
+            assert_eq!(d.to_unix(), Some(t), "{d:?}");
+        }
+        assert_eq!(DateTime::max().to_unix(), Some(253_402_300_799));
+    }
+
+    #[test]
+    fn to_unix_refuses_invalid_fields() {
+        let ok = dt(2023, 2, 28, 23, 59, 59, 1);
+        assert!(ok.to_unix().is_some());
+        for bad in [
+            DateTime { day: 29, ..ok },
+            DateTime { day: 0, ..ok },
+            DateTime { month: 13, ..ok },
+            DateTime { month: 0, ..ok },
+            DateTime { hour: 24, ..ok },
+            DateTime { minute: 60, ..ok },
+            DateTime { second: 60, ..ok },
+            DateTime { year: 1969, ..ok },
+            DateTime { year: 10_000, ..ok },
+        ] {
+            assert_eq!(bad.to_unix(), None, "{bad:?}");
+        }
+        assert!(DateTime {
+            year: 2024,
+            day: 29,
+            ..ok
+        }
+        .to_unix()
+        .is_some());
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! MC146818 RTC and CMOS RAM at ports 0x70 (index) and 0x71 (data).
 //!
-//! - Time registers (0, 2, 4, 6, 7, 8, 9 and the century at 0x32) are read from the host
-//!   clock (UTC) at every read, in BCD unless register B's DM bit is set, 24-hour unless
-//!   register B's 24/12 bit is cleared. Writes to them are ignored: the guest cannot set
-//!   the clock (it keeps its own offset, as Linux does with NTP).
+//! - Time registers (0, 2, 4, 6, 7, 8, 9 and the century at 0x32) show the host clock
+//!   (UTC) plus an offset the guest can set (see [`rtc`]), in BCD unless register B's DM
+//!   bit is set, 24-hour unless register B's 24/12 bit is cleared.
 //! - Register A reads with UIP clear (bit 7), divider 0x26 by default; B defaults to 0x02
 //!   (24 h, BCD); C is computed at read time and cleared by the read (UF is set when a
 //!   second has passed since the previous read of C; AF and PF are never set); D reads
@@ -14,13 +13,15 @@
 //! - The rest of the 128 bytes is plain RAM.
 
 mod calendar;
+mod rtc;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{fill_invalid, DeviceMetrics};
+use super::{fill_invalid, DeviceMetrics, GuestLog};
 use crate::bus::BusDevice;
 use calendar::DateTime;
+use rtc::{is_time_reg, B_24H};
 
 /// Base port (index register; the data register follows).
 pub const CMOS_BASE: u64 = 0x70;
@@ -32,18 +33,10 @@ pub type CmosClock = Box<dyn Fn() -> Duration + Send>;
 
 const RAM_SIZE: usize = 128;
 
-const REG_SECONDS: u8 = 0x00;
-const REG_MINUTES: u8 = 0x02;
-const REG_HOURS: u8 = 0x04;
-const REG_WEEKDAY: u8 = 0x06;
-const REG_DAY: u8 = 0x07;
-const REG_MONTH: u8 = 0x08;
-const REG_YEAR: u8 = 0x09;
 const REG_A: u8 = 0x0a;
 const REG_B: u8 = 0x0b;
 const REG_C: u8 = 0x0c;
 const REG_D: u8 = 0x0d;
-const REG_CENTURY: u8 = 0x32;
 
 /// Register A: update in progress (read-only).
 const A_UIP: u8 = 0x80;
@@ -51,30 +44,26 @@ const A_UIP: u8 = 0x80;
 const A_DEFAULT: u8 = 0x26;
 /// Register B: update-ended, alarm and periodic interrupt enables.
 const B_IRQ_ENABLES: u8 = 0x70;
-/// Register B: binary (not BCD) data mode.
-const B_DM_BINARY: u8 = 0x04;
-/// Register B: 24-hour mode.
-const B_24H: u8 = 0x02;
 /// Register C: interrupt request flag.
 const C_IRQF: u8 = 0x80;
 /// Register C: update-ended flag.
 const C_UF: u8 = 0x10;
 /// Register D: valid RAM and time.
 const D_VRT: u8 = 0x80;
-/// Hours register, 12-hour mode: PM flag.
-const HOURS_PM: u8 = 0x80;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// The plain state of [`Cmos`]: the index register and the 128 bytes of RAM (the time
-/// registers in it are unused: time comes from the clock).
+/// The plain state of [`Cmos`]: the index register, the 128 bytes of RAM (the time
+/// registers in it are unused: time comes from the clock) and the guest's clock offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CmosState {
     /// Selected register (0..=0x7f).
     pub index: u8,
     /// CMOS RAM, including registers A, B and the memory size bytes.
     pub ram: [u8; RAM_SIZE],
+    /// Seconds the guest moved its RTC away from the host clock.
+    pub clock_offset_secs: i64,
 }
 
 /// The RTC and CMOS RAM device.
@@ -83,7 +72,10 @@ pub struct Cmos {
     clock: CmosClock,
     /// Whole second of the clock when register C was last read.
     c_read_secs: u64,
+    /// The time being set while register B's SET bit is up.
+    latched: Option<DateTime>,
     metrics: Arc<DeviceMetrics>,
+    log_time: GuestLog,
 }
 
 fn host_clock() -> Duration {
@@ -118,19 +110,25 @@ impl Cmos {
         let high = (mem_above_4g / (64 * KIB)).min(0xff_ffff).to_le_bytes();
         ram[0x5b..=0x5d].copy_from_slice(&high[..3]);
         let mut cmos = Self {
-            state: CmosState { index: 0, ram },
+            state: CmosState {
+                index: 0,
+                ram,
+                clock_offset_secs: 0,
+            },
             clock: Box::new(host_clock),
             c_read_secs: 0,
+            latched: None,
             metrics: Arc::default(),
+            log_time: GuestLog::default(),
         };
-        cmos.c_read_secs = cmos.now_secs();
+        cmos.c_read_secs = cmos.clock_secs();
         cmos
     }
 
     /// Replaces the clock (tests, or a guest started with a fixed time).
     pub fn with_clock(mut self, clock: CmosClock) -> Self {
         self.clock = clock;
-        self.c_read_secs = self.now_secs();
+        self.c_read_secs = self.clock_secs();
         self
     }
 
@@ -144,13 +142,17 @@ impl Cmos {
         self.state.clone()
     }
 
-    /// Restores the plain state (the index is masked to 7 bits).
+    /// Restores the plain state (the index is masked to 7 bits; a clock set that was in
+    /// progress is dropped).
     pub fn set_state(&mut self, state: &CmosState) {
         self.state = state.clone();
         self.state.index &= 0x7f;
+        self.latched = None;
+        self.state.ram[usize::from(REG_B)] &= !rtc::B_SET;
     }
 
-    fn now_secs(&self) -> u64 {
+    /// Whole seconds of the host (or injected) clock.
+    fn clock_secs(&self) -> u64 {
         (self.clock)().as_secs()
     }
 
@@ -158,29 +160,8 @@ impl Cmos {
         self.state.ram[usize::from(reg & 0x7f)]
     }
 
-    /// Encodes a time field in the data mode register B selects.
-    fn encode(&self, v: u8) -> u8 {
-        if self.reg(REG_B) & B_DM_BINARY != 0 {
-            v
-        } else {
-            ((v / 10) << 4) | (v % 10)
-        }
-    }
-
-    fn hours(&self, h24: u8) -> u8 {
-        if self.reg(REG_B) & B_24H != 0 {
-            return self.encode(h24);
-        }
-        let h12 = match h24 % 12 {
-            0 => 12,
-            h => h,
-        };
-        let pm = if h24 >= 12 { HOURS_PM } else { 0 };
-        self.encode(h12) | pm
-    }
-
     fn read_c(&mut self) -> u8 {
-        let now = self.now_secs();
+        let now = self.clock_secs();
         let mut flags = if now > self.c_read_secs { C_UF } else { 0 };
         if flags & self.reg(REG_B) & B_IRQ_ENABLES != 0 {
             flags |= C_IRQF;
@@ -190,34 +171,22 @@ impl Cmos {
     }
 
     fn read_data(&mut self) -> u8 {
-        let index = self.state.index;
-        let time = || DateTime::from_unix(self.now_secs());
-        match index {
-            REG_SECONDS => self.encode(time().second),
-            REG_MINUTES => self.encode(time().minute),
-            REG_HOURS => self.hours(time().hour),
-            REG_WEEKDAY => self.encode(time().weekday),
-            REG_DAY => self.encode(time().day),
-            REG_MONTH => self.encode(time().month),
-            REG_YEAR => self.encode((time().year % 100) as u8),
-            REG_CENTURY => self.encode((time().year / 100) as u8),
+        match self.state.index {
+            reg if is_time_reg(reg) => self.read_time(reg),
             REG_A => self.reg(REG_A) & !A_UIP,
             REG_C => self.read_c(),
             REG_D => D_VRT,
-            _ => self.reg(index),
+            reg => self.reg(reg),
         }
     }
 
     fn write_data(&mut self, value: u8) {
-        let index = self.state.index;
-        match index {
-            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_WEEKDAY | REG_DAY | REG_MONTH
-            | REG_YEAR | REG_CENTURY => {
-                tracing::debug!("cmos: ignoring write of {value:#04x} to time register {index:#x}");
-            }
+        match self.state.index {
+            reg if is_time_reg(reg) => self.write_time(reg, value),
             REG_A => self.state.ram[usize::from(REG_A)] = value & !A_UIP,
+            REG_B => self.write_b(value),
             REG_C | REG_D => {}
-            _ => self.state.ram[usize::from(index & 0x7f)] = value,
+            reg => self.state.ram[usize::from(reg & 0x7f)] = value,
         }
     }
 }

@@ -1,3 +1,4 @@
+use super::rtc::*;
 use super::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -122,11 +123,8 @@ fn fixed_clock_in_bcd_binary_and_12h() {
 }
 
 #[test]
-fn time_writes_are_ignored_ram_writes_stick() {
-    let (_, clock) = fake_clock(1_709_211_909);
-    let mut c = Cmos::new(256 * MIB, 0).with_clock(clock);
-    wr(&mut c, REG_SECONDS, 0x45);
-    assert_eq!(rd(&mut c, REG_SECONDS), 0x09);
+fn ram_writes_stick_and_status_is_read_only() {
+    let mut c = Cmos::new(256 * MIB, 0);
     wr(&mut c, 0x01, 0x30); // Seconds alarm: plain RAM.
     assert_eq!(rd(&mut c, 0x01), 0x30);
     wr(&mut c, 0x50, 0xab);
@@ -135,6 +133,106 @@ fn time_writes_are_ignored_ram_writes_stick() {
     assert_eq!(rd(&mut c, 0x80 | 0x50), 0xab);
     wr(&mut c, REG_D, 0);
     assert_eq!(rd(&mut c, REG_D), D_VRT);
+}
+
+/// Reads the whole date and time in BCD: [sec, min, hour, day, month, year, century].
+fn bcd_fields(c: &mut Cmos) -> [u8; 7] {
+    [
+        REG_SECONDS,
+        REG_MINUTES,
+        REG_HOURS,
+        REG_DAY,
+        REG_MONTH,
+        REG_YEAR,
+        REG_CENTURY,
+    ]
+    .map(|r| rd(c, r))
+}
+
+#[test]
+fn guest_sets_clock_with_set_bit_and_it_keeps_running() {
+    // Host: 2024-02-29 13:05:09 UTC.
+    let (t, clock) = fake_clock(1_709_211_909);
+    let mut c = Cmos::new(256 * MIB, 0).with_clock(clock);
+    // Linux's sequence: raise SET, write the fields, drop SET.
+    wr(&mut c, REG_B, B_24H | B_SET);
+    for (reg, v) in [
+        (REG_YEAR, 0x31),
+        (REG_MONTH, 0x12),
+        (REG_DAY, 0x31),
+        (REG_HOURS, 0x23),
+        (REG_MINUTES, 0x59),
+        (REG_SECONDS, 0x58),
+        (REG_CENTURY, 0x20),
+    ] {
+        wr(&mut c, reg, v);
+    }
+    // While SET is up the registers show the latched time and do not run.
+    t.fetch_add(5, Ordering::SeqCst);
+    assert_eq!(
+        bcd_fields(&mut c),
+        [0x58, 0x59, 0x23, 0x31, 0x12, 0x31, 0x20]
+    );
+    wr(&mut c, REG_B, B_24H);
+    assert_eq!(
+        bcd_fields(&mut c),
+        [0x58, 0x59, 0x23, 0x31, 0x12, 0x31, 0x20]
+    );
+    // Two seconds later the clock has rolled into 2032.
+    t.fetch_add(2, Ordering::SeqCst);
+    assert_eq!(
+        bcd_fields(&mut c),
+        [0x00, 0x00, 0x00, 0x01, 0x01, 0x32, 0x20]
+    );
+    // 2032-01-01 is a Thursday (5).
+    assert_eq!(rd(&mut c, REG_WEEKDAY), 5);
+    // The offset is part of the state and survives a restore.
+    let st = c.state();
+    let (_, clock2) = fake_clock(1_709_211_909 + 7);
+    let mut d = Cmos::new(0, 0).with_clock(clock2);
+    d.set_state(&st);
+    assert_eq!(
+        bcd_fields(&mut d),
+        [0x00, 0x00, 0x00, 0x01, 0x01, 0x32, 0x20]
+    );
+}
+
+#[test]
+fn field_write_without_set_takes_effect_at_once() {
+    let (_, clock) = fake_clock(1_709_211_909); // 13:05:09
+    let mut c = Cmos::new(256 * MIB, 0).with_clock(clock);
+    wr(&mut c, REG_MINUTES, 0x45);
+    assert_eq!(bcd_fields(&mut c)[..3], [0x09, 0x45, 0x13]);
+    // 12-hour binary mode: 3 AM.
+    wr(&mut c, REG_B, B_DM_BINARY);
+    wr(&mut c, REG_HOURS, 3);
+    assert_eq!(rd(&mut c, REG_HOURS), 3);
+    wr(&mut c, REG_HOURS, HOURS_PM | 12); // 12 PM = noon.
+    wr(&mut c, REG_B, B_24H | B_DM_BINARY);
+    assert_eq!(rd(&mut c, REG_HOURS), 12);
+    assert_eq!(rd(&mut c, REG_MINUTES), 45);
+}
+
+#[test]
+fn invalid_times_are_not_committed() {
+    let (_, clock) = fake_clock(1_709_211_909);
+    let mut c = Cmos::new(256 * MIB, 0).with_clock(clock);
+    let before = bcd_fields(&mut c);
+    wr(&mut c, REG_SECONDS, 0x5a); // Not BCD.
+    wr(&mut c, REG_HOURS, 0x24); // No hour 24.
+    wr(&mut c, REG_DAY, 0x30); // February 30th.
+    wr(&mut c, REG_MONTH, 0x13);
+    wr(&mut c, REG_CENTURY, 0x19); // 1924: before the epoch.
+    wr(&mut c, REG_B, 0); // 12-hour mode: hour 0 does not exist.
+    wr(&mut c, REG_HOURS, 0x00);
+    wr(&mut c, REG_B, B_24H);
+    assert_eq!(bcd_fields(&mut c), before);
+    // Same through the latch.
+    wr(&mut c, REG_B, B_24H | B_SET);
+    wr(&mut c, REG_DAY, 0x31);
+    wr(&mut c, REG_B, B_24H);
+    assert_eq!(bcd_fields(&mut c), before);
+    assert_eq!(c.state().clock_offset_secs, 0);
 }
 
 #[test]
