@@ -8,6 +8,8 @@
 //!
 //! This crate never talks to KVM: every device is unit-tested without /dev/kvm.
 
+#![warn(missing_docs)]
+
 pub mod bus;
 pub mod events;
 pub mod interrupt;
