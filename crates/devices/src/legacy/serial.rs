@@ -27,7 +27,8 @@ pub struct SerialMetrics {
     pub bytes_out_lost: AtomicU64,
     /// Bytes the guest read from the receive buffer.
     pub bytes_in: AtomicU64,
-    /// Input bytes offered by the host that did not fit in the receive FIFO.
+    /// Calls of [`Serial::enqueue_input`] that could not take every byte (FIFO full; the
+    /// caller retries, so this counts back-pressure events, not lost bytes).
     pub missed_input: AtomicU64,
     /// Interrupts that could not be delivered.
     pub irq_errors: AtomicU64,
@@ -162,8 +163,8 @@ impl Serial {
     }
 
     /// Queues host input for the guest and raises the receive interrupt. Returns how many
-    /// bytes were taken: the FIFO is bounded, and the caller retries the rest later (bytes
-    /// not taken are counted as missed input).
+    /// bytes were taken: the FIFO is bounded, and the caller retries the rest later (see
+    /// [`Serial::set_input_drained_notifier`]); a short count is counted as missed input.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         let capacity = self.uart.fifo_capacity();
         let taken = if bytes.is_empty() || capacity == 0 {
@@ -180,10 +181,9 @@ impl Serial {
                 }
             }
         };
-        let missed = bytes.len().saturating_sub(taken);
-        self.metrics
-            .missed_input
-            .fetch_add(missed as u64, Ordering::Relaxed);
+        if taken < bytes.len() {
+            self.metrics.missed_input.fetch_add(1, Ordering::Relaxed);
+        }
         taken
     }
 
