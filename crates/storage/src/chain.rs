@@ -8,6 +8,8 @@ use crate::backend::BlockBackend;
 use crate::file::{HostFile, OpenFileError};
 use crate::formats::qcow2::{Qcow2, Qcow2Error, Qcow2Options};
 use crate::formats::raw::Raw;
+use crate::formats::vhd::Vhd;
+use crate::formats::vhdx::Vhdx;
 
 /// Image formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +18,10 @@ pub enum Format {
     Raw,
     /// qcow2 v2/v3.
     Qcow2,
+    /// VHD ("vpc"), read-only.
+    Vhd,
+    /// VHDX, read-only.
+    Vhdx,
 }
 
 impl Format {
@@ -24,6 +30,8 @@ impl Format {
         match name {
             "raw" => Some(Format::Raw),
             "qcow2" => Some(Format::Qcow2),
+            "vpc" | "vhd" => Some(Format::Vhd),
+            "vhdx" => Some(Format::Vhdx),
             _ => None,
         }
     }
@@ -33,6 +41,8 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::Qcow2 => "qcow2",
+            Format::Vhd => "vpc",
+            Format::Vhdx => "vhdx",
         }
     }
 }
@@ -98,6 +108,32 @@ pub enum OpenError {
         /// Its canonical path.
         real: PathBuf,
     },
+    /// A VHD image is unusable.
+    #[error("{path}: {source}")]
+    Vhd {
+        /// Image path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::formats::vhd::VhdError,
+    },
+    /// A VHDX image is unusable.
+    #[error("{path}: {source}")]
+    Vhdx {
+        /// Image path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::formats::vhdx::VhdxError,
+    },
+    /// A read-only format opened for writing.
+    #[error("{path}: {format} images are read-only in thinvm (convert them first)")]
+    ReadOnlyFormat {
+        /// Image path.
+        path: PathBuf,
+        /// Format name.
+        format: &'static str,
+    },
     /// The path cannot be resolved.
     #[error("cannot resolve {path}: {source}")]
     Resolve {
@@ -158,6 +194,20 @@ pub fn probe_format(path: &Path) -> Result<Format, OpenError> {
     let n = f.read_at(&mut head, 0).map_err(probe_err)?;
     if n >= 4 && head[..4] == *b"QFI\xfb" {
         return Ok(Format::Qcow2);
+    }
+    if n == 8 && head == *b"vhdxfile" {
+        return Ok(Format::Vhdx);
+    }
+    if n == 8 && head == *b"conectix" {
+        return Ok(Format::Vhd);
+    }
+    let len = f.metadata().map_err(probe_err)?.len();
+    if len >= 512 {
+        let mut tail = [0u8; 8];
+        f.read_exact_at(&mut tail, len - 512).map_err(probe_err)?;
+        if tail == *b"conectix" {
+            return Ok(Format::Vhd);
+        }
     }
     Ok(Format::Raw)
 }
@@ -233,6 +283,26 @@ fn open_member(
     match format {
         Format::Raw => Ok(Box::new(Raw::open(path, writable, opts.direct)?)),
         Format::Qcow2 => Ok(Box::new(open_qcow2_member(path, writable, opts, seen)?)),
+        Format::Vhd | Format::Vhdx if writable => Err(OpenError::ReadOnlyFormat {
+            path: path.to_path_buf(),
+            format: format.name(),
+        }),
+        Format::Vhd => {
+            let f = Box::new(HostFile::open(path, false, false)?);
+            let v = Vhd::open(f).map_err(|source| OpenError::Vhd {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(Box::new(v))
+        }
+        Format::Vhdx => {
+            let f = Box::new(HostFile::open(path, false, false)?);
+            let v = Vhdx::open(f).map_err(|source| OpenError::Vhdx {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok(Box::new(v))
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod file;
 pub mod formats;
 pub mod io;
+pub mod ops;
 
 pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind};
 pub use chain::{open_image, probe_format, Format, OpenError, OpenOptions};

@@ -2,3 +2,5 @@
 
 pub mod qcow2;
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;

@@ -133,9 +133,17 @@ pub fn read_all(disk: &mut dyn storage::BlockBackend) -> Vec<u8> {
 
 /// `qemu-img convert -O raw` of an image, read back.
 pub fn qemu_raw(img: &Path, scratch: &Scratch) -> Vec<u8> {
+    qemu_raw_fmt(img, "qcow2", scratch)
+}
+
+/// `qemu-img convert -f FMT -O raw` of an image, read back.
+pub fn qemu_raw_fmt(img: &Path, fmt: &str, scratch: &Scratch) -> Vec<u8> {
     let out = scratch.path("qemu-raw.out");
     let _ = std::fs::remove_file(&out);
-    run("qemu-img", &["convert", "-O", "raw", p(img), p(&out)]);
+    run(
+        "qemu-img",
+        &["convert", "-f", fmt, "-O", "raw", p(img), p(&out)],
+    );
     let v = std::fs::read(&out).unwrap();
     std::fs::remove_file(&out).unwrap();
     v
