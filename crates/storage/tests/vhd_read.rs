@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use storage::{open_image, probe_format, BlockBackend, Format, OpenOptions};
+use storage::{open_image, probe_format, Format, OpenOptions};
 
 #[test]
 fn vhd_and_vhdx_match_qemu() {
