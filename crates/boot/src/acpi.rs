@@ -28,6 +28,8 @@ pub const PM1_EVT_LEN: u8 = 4;
 pub const PM1A_CNT_PORT: u16 = 0x604;
 /// PM1a control block length.
 pub const PM1_CNT_LEN: u8 = 2;
+/// CMOS RAM index of the century byte.
+pub const CMOS_CENTURY: u8 = 0x32;
 /// ACPI reset register (SystemIO).
 pub const RESET_PORT: u16 = 0x608;
 /// Value the guest writes to [`RESET_PORT`] to reset.
@@ -171,6 +173,8 @@ fn fadt(dsdt: u64, facs: u64) -> acpi_tables::fadt::FADT {
     f.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT).into();
     f.reset_reg = io_gas(8, AccessSize::ByteAccess, RESET_PORT);
     f.reset_value = RESET_VALUE;
+    // CMOS register that holds the century (Linux reads it only when the FADT names it).
+    f.century = CMOS_CENTURY;
     f.finalize()
 }
 
@@ -182,8 +186,7 @@ fn interrupt_override(source: u8, gsi: u32, flags: u16) -> Vec<u8> {
     v
 }
 
-/// MPS INTI flags: active high (polarity 01) and edge (trigger 01) or level (trigger 11).
-const INTI_EDGE_HIGH: u16 = 0b0101;
+/// MPS INTI flags: active high (polarity 01), level triggered (trigger 11).
 const INTI_LEVEL_HIGH: u16 = 0b1101;
 
 fn madt(cpus: u8) -> Vec<u8> {
@@ -198,7 +201,8 @@ fn madt(cpus: u8) -> Vec<u8> {
         )));
     }
     madt.append_slice(&bytes_of(&IoApic::new(0, IOAPIC_START as u32, 0)));
-    madt.append_slice(&interrupt_override(0, 2, INTI_EDGE_HIGH));
+    // No override for IRQ0: KVM's in-kernel PIT raises GSI 0, which KVM's default routing sends
+    // to IOAPIC pin 0 (not pin 2 as on real chipsets), so the identity mapping is the true one.
     madt.append_slice(&interrupt_override(
         SCI_IRQ,
         u32::from(SCI_IRQ),

@@ -15,6 +15,7 @@ const SERIAL_BASE: u64 = 0x3f8;
 const SERIAL_IRQ: u32 = 4;
 const I8042_BASE: u64 = 0x60;
 const I8042_IRQ: u32 = 1;
+const I8042_AUX_IRQ: u32 = 12;
 const CMOS_BASE: u64 = 0x70;
 const PVPANIC_PORT: u64 = 0x505;
 const ACPI_PM_BASE: u64 = 0x600;
