@@ -86,10 +86,9 @@ pub fn create(
     let out = Box::new(panic.wrap(console));
     let serial = Arc::new(Mutex::new(Serial::new(irqfd(vm, SERIAL_IRQ)?, out)));
     insert(io, "serial", serial.clone(), SERIAL_BASE, 8)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        irqfd(vm, I8042_IRQ)?,
-        events.clone(),
-    )));
+    let i8042 =
+        I8042::new(irqfd(vm, I8042_IRQ)?, events.clone()).with_aux_irq(irqfd(vm, I8042_AUX_IRQ)?);
+    let i8042 = Arc::new(Mutex::new(i8042));
     insert(io, "i8042", i8042, I8042_BASE, 5)?;
     let cmos = Arc::new(Mutex::new(Cmos::new(mem_below_4g, mem_above_4g)));
     insert(io, "cmos", cmos, CMOS_BASE, 2)?;
