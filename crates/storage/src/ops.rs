@@ -202,6 +202,11 @@ pub fn image_info(path: &Path, format: Option<Format>) -> Result<Vec<ImageInfo>,
     Ok(out)
 }
 
+/// The chain as pretty JSON (for `thinvm image info --json`).
+pub fn info_json(chain: &[ImageInfo]) -> String {
+    serde_json::to_string_pretty(chain).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
 /// Copy granularity of convert and commit.
 const CHUNK: u64 = 1 << 20;
 
@@ -254,9 +259,11 @@ fn copy_data(
             ExtentKind::Data => {
                 let b = &mut buf[..n as usize];
                 src.read_at(b, pos)?;
-                if top_only || b.iter().any(|&x| x != 0) {
+                if top_only {
                     check_fits(dst, pos, n)?;
                     dst.write_at(b, pos)?;
+                } else {
+                    write_nonzero(dst, b, pos)?;
                 }
             }
             ExtentKind::Zero if top_only => {
@@ -267,6 +274,27 @@ fn copy_data(
         }
         pos += n;
         progress(pos, size);
+    }
+    Ok(())
+}
+
+/// Writes the runs of `buf` that are not all zero, in 4 KiB units (the target reads zeroes).
+fn write_nonzero(dst: &mut dyn BlockBackend, buf: &[u8], pos: u64) -> Result<(), OpError> {
+    const UNIT: usize = 4096;
+    let mut i = 0;
+    while i < buf.len() {
+        let zero = |at: usize| buf[at..(at + UNIT).min(buf.len())].iter().all(|&x| x == 0);
+        if zero(i) {
+            i += UNIT;
+            continue;
+        }
+        let start = i;
+        while i < buf.len() && !zero(i) {
+            i += UNIT;
+        }
+        let end = i.min(buf.len());
+        check_fits(dst, pos + start as u64, (end - start) as u64)?;
+        dst.write_at(&buf[start..end], pos + start as u64)?;
     }
     Ok(())
 }
