@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chain;
 pub mod file;
 pub mod formats;
+pub mod fuzz_api;
 pub mod io;
 pub mod ops;
 

@@ -1,0 +1,6 @@
+//! Fuzz the vhd parser: open, read, (qcow2: check, write) arbitrary bytes as an image.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    storage::fuzz_api::vhd(data);
+});
