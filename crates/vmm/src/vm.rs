@@ -167,6 +167,12 @@ impl Vm {
     fn finish_reason(&self, reason: ExitReason) -> ExitReason {
         match reason {
             ExitReason::Panic(None) => ExitReason::Panic(self.devices.panic_line()),
+            // A guest without the pvpanic driver loaded resets after a panic (panic=-1): the
+            // panic line on its console tells the two apart.
+            ExitReason::Reboot => match self.devices.panic_line() {
+                Some(line) => ExitReason::Panic(Some(line)),
+                None => ExitReason::Reboot,
+            },
             other => other,
         }
     }

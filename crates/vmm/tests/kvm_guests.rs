@@ -241,3 +241,17 @@ fn bad_vm_shapes_are_refused_before_running() {
         Err(vmm::Error::MemoryTooLarge { .. })
     ));
 }
+
+#[test]
+fn a_reset_after_a_console_panic_line_is_a_panic() {
+    let mut code = Asm::default();
+    for b in b"Kernel panic - not syncing: no pvpanic driver\n" {
+        code = code.serial_byte(*b);
+    }
+    let code = code.mov_dx(0x64).mov_al(0xfe).out_al().spin();
+    let (mut vm, _) = build(code, 1);
+    assert_eq!(
+        run(&mut vm),
+        ExitReason::Panic(Some("Kernel panic - not syncing: no pvpanic driver".into()))
+    );
+}
