@@ -1,5 +1,6 @@
 //! The `thinvm` command.
 
+mod image_cmd;
 mod nested;
 mod run;
 mod size;
@@ -25,6 +26,11 @@ enum Command {
     /// 4 the guest kernel panicked, 5 triple fault or internal error.
     /// On an interactive terminal, Ctrl-A x ends the VM (Ctrl-A Ctrl-A sends Ctrl-A).
     Run(run::RunArgs),
+    /// Create, inspect, check, convert and commit disk images (raw, qcow2; vhd/vhdx as sources).
+    Image {
+        #[command(subcommand)]
+        cmd: image_cmd::ImageCommand,
+    },
 }
 
 fn main() {
@@ -43,6 +49,13 @@ fn main() {
             Err(f) => {
                 eprintln!("thinvm: error: {:#}", f.error);
                 f.code
+            }
+        },
+        Command::Image { cmd } => match image_cmd::run(cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("thinvm: error: {e:#}");
+                2
             }
         },
     };
