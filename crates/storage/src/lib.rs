@@ -9,6 +9,7 @@ pub mod formats;
 pub mod fuzz_api;
 pub mod io;
 pub mod ops;
+pub mod recording;
 
 pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind};
 pub use chain::{open_image, probe_format, Format, OpenError, OpenOptions};
