@@ -1,5 +1,265 @@
-//! placeholder
+//! `cargo xtask e2e`: thinvm end-to-end scenarios in the nested testbed. Each case boots the
+//! guest with `thinvm run` inside the outer machine; the checks read the scenario's console
+//! lines (`VMM-RC=`, `STDERR:` lines, and the guest's `info.sh` output).
+
 use std::path::PathBuf;
-pub fn run(_thinvm: Option<PathBuf>, _echo: bool) -> anyhow::Result<bool> {
-    Ok(false)
+use std::time::Duration;
+
+use anyhow::Result;
+use testbed::{OuterOptions, OuterSpec, Scenario, ScenarioResult, Status, Testbed, TestbedConfig};
+
+/// Which kernel file a case boots.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    /// The bzImage (Linux boot protocol).
+    BzImage,
+    /// The ELF vmlinux (PVH entry).
+    Vmlinux,
+}
+
+/// One end-to-end case.
+#[derive(Debug)]
+struct Case {
+    name: &'static str,
+    kernel: Kernel,
+    cpus: u32,
+    memory_mib: u64,
+    /// Guest test script (`thinvm.test=`).
+    test: &'static str,
+    /// Expected `thinvm run` exit code.
+    expect_rc: i32,
+    /// `info.sh` output is checked against cpus/memory/release.
+    check_info: bool,
+    /// A word stderr must contain (case-insensitive).
+    stderr_has: Option<&'static str>,
+    /// vCPUs of the outer machine.
+    outer_smp: u32,
+}
+
+const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
+    Case {
+        name,
+        kernel: Kernel::BzImage,
+        cpus: 1,
+        memory_mib: 512,
+        test,
+        expect_rc,
+        check_info: false,
+        stderr_has: None,
+        outer_smp: 1,
+    }
+}
+
+/// The cases. Memory is 512 MiB so that MemTotal lands within 10 % (the kernel keeps ~40 MiB).
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            check_info: true,
+            ..case("bzimage-1cpu-info", "info", 0)
+        },
+        Case {
+            kernel: Kernel::Vmlinux,
+            check_info: true,
+            ..case("pvh-vmlinux-info", "info", 0)
+        },
+        case("reboot", "reboot", 3),
+        Case {
+            stderr_has: Some("panic"),
+            ..case("panic", "panic", 4)
+        },
+        case("acpi-poweroff", "acpi-poweroff", 0),
+        Case {
+            cpus: 2,
+            outer_smp: 2,
+            check_info: true,
+            ..case("bzimage-2cpu-info", "info", 0)
+        },
+    ]
+}
+
+fn script(c: &Case) -> String {
+    let kernel = match c.kernel {
+        Kernel::BzImage => "$GUEST_BZIMAGE",
+        Kernel::Vmlinux => "$GUEST_VMLINUX",
+    };
+    format!(
+        "[ -x \"$THINVM\" ] || {{ echo 'no thinvm binary in the outer machine'; exit 127; }}\n\
+         \"$THINVM\" run --testbed never --kernel \"{kernel}\" --initrd \"$GUEST_INITRD\" \
+         --cpus {} --memory {}M --cmdline 'console=ttyS0 reboot=k panic=-1 quiet thinvm.test={}' \
+         </dev/null 2>/tmp/stderr.$$\nrc=$?\nsed 's/^/STDERR: /' /tmp/stderr.$$\necho \"VMM-RC=$rc\"\nexit $rc\n",
+        c.cpus, c.memory_mib, c.test
+    )
+}
+
+/// The value of the first `KEY=value` line in `log`.
+fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Everything wrong with a case's result (empty: passed).
+fn check(c: &Case, r: &ScenarioResult, release: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let rc = match r.status {
+        Status::Passed => Some(0),
+        Status::Failed(n) => Some(n),
+        Status::TimedOut | Status::NoResult => None,
+    };
+    if rc != Some(c.expect_rc) {
+        errors.push(format!(
+            "exit status {:?}, expected rc {}",
+            r.status, c.expect_rc
+        ));
+    }
+    if c.check_info {
+        if value(&r.log, "UNAME") != Some(release) {
+            errors.push(format!(
+                "UNAME={:?}, expected {release}",
+                value(&r.log, "UNAME")
+            ));
+        }
+        if value(&r.log, "NPROC") != Some(c.cpus.to_string().as_str()) {
+            errors.push(format!(
+                "NPROC={:?}, expected {}",
+                value(&r.log, "NPROC"),
+                c.cpus
+            ));
+        }
+        let want = c.memory_mib as f64 * 1024.0;
+        match value(&r.log, "MEMTOTAL_KB").and_then(|v| v.parse::<f64>().ok()) {
+            Some(kb) if (kb - want).abs() <= want * 0.10 => {}
+            other => errors.push(format!(
+                "MEMTOTAL_KB={other:?}, expected within 10% of {want}"
+            )),
+        }
+    }
+    if let Some(word) = c.stderr_has {
+        let stderr: Vec<&str> = r
+            .log
+            .lines()
+            .filter_map(|l| l.strip_prefix("STDERR: "))
+            .collect();
+        if !stderr.iter().any(|l| l.to_lowercase().contains(word)) {
+            errors.push(format!("stderr {stderr:?} does not mention {word:?}"));
+        }
+    }
+    errors
+}
+
+/// Runs the cases (one outer boot per outer -smp value); true if all passed.
+pub fn run(thinvm: Option<PathBuf>, echo: bool) -> Result<bool> {
+    let thinvm = crate::thinvm_binary(thinvm)?;
+    let config = TestbedConfig {
+        outer: OuterSpec {
+            thinvm: Some(thinvm),
+            ..OuterSpec::default()
+        },
+        ..TestbedConfig::default()
+    };
+    let tb = Testbed::new(&config)?;
+    let release = tb.assets().kernel_release.clone();
+    let all = cases();
+    let mut ok = true;
+    for smp in [1, 2] {
+        let batch: Vec<&Case> = all.iter().filter(|c| c.outer_smp == smp).collect();
+        let scenarios: Vec<Scenario> = batch
+            .iter()
+            .map(|c| Scenario {
+                name: c.name.into(),
+                script: script(c),
+                timeout: Duration::from_secs(180),
+            })
+            .collect();
+        let opts = OuterOptions {
+            smp,
+            echo,
+            ..OuterOptions::default()
+        };
+        for (c, r) in batch.iter().zip(tb.run(&opts, &scenarios)?) {
+            let errors = check(c, &r, &release);
+            let verdict = if errors.is_empty() { "PASS" } else { "FAIL" };
+            println!(
+                "== {verdict} {} ({:?}; console {})",
+                c.name,
+                r.status,
+                r.console_log.display()
+            );
+            for e in &errors {
+                println!("   - {e}");
+            }
+            if !errors.is_empty() {
+                print!(
+                    "{}",
+                    r.log
+                        .lines()
+                        .map(|l| format!("   | {l}\n"))
+                        .collect::<String>()
+                );
+            }
+            ok &= errors.is_empty();
+        }
+    }
+    println!("e2e: {}", if ok { "PASSED" } else { "FAILED" });
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(status: Status, log: &str) -> ScenarioResult {
+        ScenarioResult {
+            name: "x".into(),
+            status,
+            log: log.into(),
+            console_log: PathBuf::new(),
+            retried: false,
+        }
+    }
+
+    #[test]
+    fn info_checks() {
+        let c = Case {
+            check_info: true,
+            ..case("x", "info", 0)
+        };
+        let good = "UNAME=6.1.0-56-cloud-amd64\nNPROC=1\nMEMTOTAL_KB=480000\nVMM-RC=0\n";
+        assert!(check(&c, &result(Status::Passed, good), "6.1.0-56-cloud-amd64").is_empty());
+        let errs = check(&c, &result(Status::Passed, good), "6.1.0-57-cloud-amd64");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let low = "UNAME=r\nNPROC=2\nMEMTOTAL_KB=222620\n";
+        assert_eq!(check(&c, &result(Status::Failed(5), low), "r").len(), 3);
+        assert_eq!(check(&c, &result(Status::TimedOut, ""), "r").len(), 4);
+    }
+
+    #[test]
+    fn rc_and_stderr_checks() {
+        let c = Case {
+            stderr_has: Some("panic"),
+            ..case("p", "panic", 4)
+        };
+        let log = "STDERR: thinvm: guest panic (pvpanic event 0x1)\nVMM-RC=4\n";
+        assert!(check(&c, &result(Status::Failed(4), log), "r").is_empty());
+        assert_eq!(
+            check(&c, &result(Status::Failed(4), "STDERR: reboot\n"), "r").len(),
+            1
+        );
+        assert_eq!(check(&c, &result(Status::Passed, log), "r").len(), 1);
+    }
+
+    #[test]
+    fn scripts_use_the_case() {
+        let c = Case {
+            kernel: Kernel::Vmlinux,
+            cpus: 2,
+            ..case("v", "reboot", 3)
+        };
+        let s = script(&c);
+        assert!(s.contains("--kernel \"$GUEST_VMLINUX\""), "{s}");
+        assert!(s.contains("--cpus 2 --memory 512M"), "{s}");
+        assert!(s.contains("thinvm.test=reboot"), "{s}");
+        assert!(cases()
+            .iter()
+            .all(|c| testbed::images::check_name(c.name).is_ok()));
+    }
 }
