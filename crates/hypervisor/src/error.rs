@@ -17,6 +17,8 @@ pub enum Error {
     },
     #[error("{requested} vCPUs requested, but this host's KVM allows at most {max}")]
     TooManyVcpus { requested: usize, max: usize },
+    #[error("bad MSI route for GSI {gsi}: {reason}")]
+    BadMsiRoute { gsi: u32, reason: &'static str },
 }
 
 /// Result alias of this crate.

@@ -22,7 +22,7 @@ pub struct MemoryRegion {
 
 /// One VM. Shared by the vCPU threads and the device threads (all methods take `&self`).
 pub struct Vm {
-    fd: VmFd,
+    pub(crate) fd: VmFd,
     cpuid: CpuId,
     vcpus: u8,
 }
