@@ -63,8 +63,9 @@ fn cases() -> Vec<Case> {
             ..case("pvh-vmlinux-info", "info", 0)
         },
         case("reboot", "reboot", 3),
+        // The guest's panic reason must reach thinvm's stderr.
         Case {
-            stderr_has: Some("panic"),
+            stderr_has: Some("sysrq triggered crash"),
             ..case("panic", "panic", 4)
         },
         case("acpi-poweroff", "acpi-poweroff", 0),
@@ -235,13 +236,13 @@ mod tests {
     #[test]
     fn rc_and_stderr_checks() {
         let c = Case {
-            stderr_has: Some("panic"),
+            stderr_has: Some("sysrq triggered crash"),
             ..case("p", "panic", 4)
         };
-        let log = "STDERR: thinvm: guest panic (pvpanic event 0x1)\nVMM-RC=4\n";
+        let log = "STDERR: thinvm: guest kernel panic: Kernel panic - not syncing: sysrq triggered crash\n";
         assert!(check(&c, &result(Status::Failed(4), log), "r").is_empty());
         assert_eq!(
-            check(&c, &result(Status::Failed(4), "STDERR: reboot\n"), "r").len(),
+            check(&c, &result(Status::Failed(4), "STDERR: guest panic\n"), "r").len(),
             1
         );
         assert_eq!(check(&c, &result(Status::Passed, log), "r").len(), 1);
