@@ -1,5 +1,6 @@
 //! The `thinvm` command.
 
+mod bench_host;
 mod image_cmd;
 mod nested;
 mod run;
@@ -31,6 +32,19 @@ enum Command {
         #[command(subcommand)]
         cmd: image_cmd::ImageCommand,
     },
+    /// Download Debian's kernel and build the default VM's initramfs (run by ./setup.sh).
+    Prepare,
+    /// Host-side boot benchmark figures (start-up, exit round trip vs a bare KVM_RUN loop).
+    #[command(hide = true)]
+    BenchHost {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000)]
+        exits: u64,
+    },
+    /// One start-up measurement (run by bench-host).
+    #[command(hide = true)]
+    BenchStartup,
 }
 
 fn main() {
@@ -51,6 +65,9 @@ fn main() {
                 f.code
             }
         },
+        Command::BenchHost { rounds, exits } => report(bench_host::run(rounds, exits)),
+        Command::BenchStartup => report(bench_host::startup_child()),
+        Command::Prepare => report(nested::prepare()),
         Command::Image { cmd } => match image_cmd::run(cmd) {
             Ok(code) => code,
             Err(e) => {
@@ -60,4 +77,12 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// The exit code of a command that returns one, printing its error.
+fn report(r: anyhow::Result<i32>) -> i32 {
+    r.unwrap_or_else(|e| {
+        eprintln!("thinvm: error: {e:#}");
+        2
+    })
 }

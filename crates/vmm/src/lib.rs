@@ -3,6 +3,7 @@
 //! `vmm` is the only crate that names `hypervisor`; it wires `boot` (what to load) and `devices`
 //! (what the guest talks to) onto it.
 
+pub mod bench;
 pub mod console;
 mod convert;
 mod devices;

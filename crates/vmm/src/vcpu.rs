@@ -1,7 +1,7 @@
 //! vCPU threads: an explicit state machine (running, paused, finished) driven by requests from
 //! the VMM, and a plain exit handler that dispatches port I/O and MMIO to the buses.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -30,16 +30,35 @@ pub struct VcpuMetrics {
     pub kicks: AtomicU64,
 }
 
-/// The shared request plus the count of vCPUs that acknowledged a pause.
+/// The shared request plus the count of vCPUs that acknowledged a pause. The request is also
+/// mirrored in an atomic so the run loop reads it without a lock on every exit.
 pub struct Control {
     state: Mutex<(Request, usize)>,
+    fast: AtomicU8,
     changed: Condvar,
+}
+
+fn encode(r: Request) -> u8 {
+    match r {
+        Request::Run => 0,
+        Request::Pause => 1,
+        Request::Stop => 2,
+    }
+}
+
+fn decode(v: u8) -> Request {
+    match v {
+        0 => Request::Run,
+        1 => Request::Pause,
+        _ => Request::Stop,
+    }
 }
 
 impl Control {
     pub fn new() -> Self {
         Control {
             state: Mutex::new((Request::Run, 0)),
+            fast: AtomicU8::new(encode(Request::Run)),
             changed: Condvar::new(),
         }
     }
@@ -50,13 +69,16 @@ impl Control {
 
     /// Sets the request and wakes paused vCPUs.
     pub fn request(&self, r: Request) {
-        self.lock().0 = r;
+        let mut g = self.lock();
+        g.0 = r;
+        self.fast.store(encode(r), Ordering::SeqCst);
+        drop(g);
         self.changed.notify_all();
     }
 
     /// The current request.
     pub fn current(&self) -> Request {
-        self.lock().0
+        decode(self.fast.load(Ordering::SeqCst))
     }
 
     /// Waits until `n` vCPUs are parked in the paused state (or the request changed).
