@@ -5,6 +5,7 @@
 //!   level); the KVM plumbing behind them lives in the `vmm` crate.
 //! - [`events`]: guest-initiated platform events (power-off, reboot, panic).
 //! - [`legacy`]: the legacy PC devices (UART, i8042, CMOS RTC, pvpanic, ACPI PM).
+//! - [`pci`]: the PCI root bus, configuration access, BARs and MSI-X.
 //!
 //! This crate never talks to KVM: every device is unit-tested without /dev/kvm.
 
@@ -14,6 +15,7 @@ pub mod bus;
 pub mod events;
 pub mod interrupt;
 pub mod legacy;
+pub mod pci;
 
 #[cfg(test)]
 pub(crate) mod testutil;
