@@ -125,7 +125,7 @@ fn capability_walk_finds_each_in_order() {
     assert_eq!(usize::from(c.u16_at(CAP_PTR) as u8), a);
     assert_eq!(c.find_capabilities(0x09), vec![a, d]);
     assert_eq!(c.find_capabilities(0x11), vec![b]);
-    assert!(b % 4 == 0 && d % 4 == 0 && a < b && b < d);
+    assert!(b.is_multiple_of(4) && d.is_multiple_of(4) && a < b && b < d);
     // The next pointer of the last one is 0; the given one was overwritten.
     let mut next = [0u8];
     c.read(d + 1, &mut next);
