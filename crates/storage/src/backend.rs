@@ -73,6 +73,15 @@ pub struct Extent {
     pub len: u64,
 }
 
+/// A contiguous stretch of a host file (see [`BlockBackend::host_range`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRange {
+    /// The host file descriptor (owned by the backend; valid while it lives).
+    pub fd: std::os::unix::io::RawFd,
+    /// Offset in the host file.
+    pub offset: u64,
+}
+
 /// One virtual disk: a raw file, a qcow2 image with its backing chain, a VHD or a VHDX.
 pub trait BlockBackend: Send {
     /// Reads `buf.len()` bytes at guest offset `offset`.
@@ -101,6 +110,19 @@ pub trait BlockBackend: Send {
             kind: ExtentKind::Data,
             len,
         })
+    }
+    /// Where `[offset, offset+len)` lives in one host file, contiguous, when an I/O engine may
+    /// read (or, with `write`, overwrite) it there directly; `None` sends the request through
+    /// [`BlockBackend::read_at`] / [`BlockBackend::write_at`] instead (allocation, copy-on-write,
+    /// compressed or backing data).
+    fn host_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<HostRange>, BlockError> {
+        let _ = (offset, len, write);
+        Ok(None)
     }
     /// The backing file, for formats that have one.
     fn backing_mut(&mut self) -> Option<&mut dyn BlockBackend> {

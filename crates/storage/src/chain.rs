@@ -312,7 +312,7 @@ fn open_qcow2_member(
     opts: &OpenOptions,
     seen: &mut Vec<PathBuf>,
 ) -> Result<Qcow2, OpenError> {
-    let file = HostFile::open(path, writable, false)?;
+    let file = HostFile::open(path, writable, opts.direct)?;
     let qopts = Qcow2Options {
         writable,
         l2_cache_bytes: opts.l2_cache_bytes,

@@ -7,6 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::backend::BlockError;
+use crate::io::aligned::{AlignedBuf, ALIGN};
 
 /// A host file holding an image. Formats do all their I/O through it, so a test can record
 /// or replay that I/O (see [`crate::recording`]).
@@ -28,6 +29,14 @@ pub trait ImageFile: Send {
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Bytes actually allocated on the host.
     fn allocated_bytes(&self) -> io::Result<u64>;
+    /// Alignment that direct access to the descriptor needs (O_DIRECT: 4096; else 1).
+    fn alignment(&self) -> u64 {
+        1
+    }
+    /// The file descriptor, for I/O engines that submit to the kernel directly.
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
     /// The first offset at or after `offset` holding data (SEEK_DATA); `None` if none.
     fn next_data(&self, offset: u64) -> io::Result<Option<u64>> {
         Ok(Some(offset))
@@ -136,6 +145,7 @@ pub enum OpenFileError {
 pub struct HostFile {
     file: File,
     path: PathBuf,
+    direct: bool,
 }
 
 // QEMU's lock bytes (block/file-posix.c layout): 100 + permission bit held, 200 + permission
@@ -160,6 +170,7 @@ impl HostFile {
         let hf = HostFile {
             file,
             path: path.to_path_buf(),
+            direct,
         };
         if writable {
             hf.lock_for_write()?;
@@ -183,6 +194,7 @@ impl HostFile {
         let hf = HostFile {
             file,
             path: path.to_path_buf(),
+            direct: false,
         };
         hf.lock_for_write()?;
         Ok(hf)
@@ -243,6 +255,69 @@ impl HostFile {
         Ok(rc as u64)
     }
 
+    /// Whether the file was opened with O_DIRECT.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    fn pread(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.file.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn aligned(buf: &[u8], offset: u64) -> bool {
+        let a = ALIGN as u64;
+        (buf.as_ptr() as usize).is_multiple_of(ALIGN)
+            && (buf.len() as u64).is_multiple_of(a)
+            && offset.is_multiple_of(a)
+    }
+
+    /// O_DIRECT read through an aligned bounce buffer.
+    fn direct_read(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let a = ALIGN as u64;
+        let start = offset - offset % a;
+        let end = (offset + buf.len() as u64).next_multiple_of(a);
+        let mut b = AlignedBuf::new((end - start) as usize)
+            .ok_or_else(|| io::Error::other("bounce buffer"))?;
+        let mut got = 0usize;
+        while got < b.as_slice().len() {
+            let n = self.pread(&mut b.as_mut_slice()[got..], start + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let skip = (offset - start) as usize;
+        let n = got.saturating_sub(skip).min(buf.len());
+        buf[..n].copy_from_slice(&b.as_slice()[skip..skip + n]);
+        Ok(n)
+    }
+
+    /// O_DIRECT write: read-modify-write of the aligned window, then restore the length.
+    fn direct_write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let a = ALIGN as u64;
+        let start = offset - offset % a;
+        let end = (offset + buf.len() as u64).next_multiple_of(a);
+        let mut b = AlignedBuf::new((end - start) as usize)
+            .ok_or_else(|| io::Error::other("bounce buffer"))?;
+        let old_len = self.file.metadata()?.len();
+        if start != offset || end != offset + buf.len() as u64 {
+            self.direct_read(b.as_mut_slice(), start)?;
+        }
+        let skip = (offset - start) as usize;
+        b.as_mut_slice()[skip..skip + buf.len()].copy_from_slice(buf);
+        self.file.write_all_at(b.as_slice(), start)?;
+        let new_len = old_len.max(offset + buf.len() as u64);
+        if end > new_len {
+            self.file.set_len(new_len)?;
+        }
+        Ok(())
+    }
+
     /// The underlying file (for I/O engines).
     pub fn file(&self) -> &File {
         &self.file
@@ -254,15 +329,26 @@ impl ImageFile for HostFile {
         &self.path
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        loop {
-            match self.file.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
+        if self.direct && !Self::aligned(buf, offset) {
+            return self.direct_read(buf, offset);
         }
+        self.pread(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.direct && !Self::aligned(buf, offset) {
+            return self.direct_write(buf, offset);
+        }
         self.file.write_all_at(buf, offset)
+    }
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+    fn alignment(&self) -> u64 {
+        if self.direct {
+            ALIGN as u64
+        } else {
+            1
+        }
     }
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()

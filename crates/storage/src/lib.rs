@@ -11,5 +11,5 @@ pub mod io;
 pub mod ops;
 pub mod recording;
 
-pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind};
+pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind, HostRange};
 pub use chain::{open_image, probe_format, Format, OpenError, OpenOptions};

@@ -3,16 +3,14 @@
 use std::io;
 use std::path::Path;
 
-use crate::backend::{check_range, BlockBackend, BlockError, Extent, ExtentKind};
+use crate::backend::{check_range, BlockBackend, BlockError, Extent, ExtentKind, HostRange};
 use crate::file::{HostFile, ImageFile, OpenFileError};
-use crate::io::aligned::{AlignedBuf, ALIGN};
 
 /// A raw image.
 pub struct Raw {
     file: Box<dyn ImageFile>,
     size: u64,
     read_only: bool,
-    direct: bool,
 }
 
 impl Raw {
@@ -28,7 +26,6 @@ impl Raw {
             file: Box::new(file),
             size,
             read_only: !writable,
-            direct,
         })
     }
 
@@ -39,7 +36,6 @@ impl Raw {
             file,
             size,
             read_only,
-            direct: false,
         })
     }
 
@@ -57,7 +53,6 @@ impl Raw {
             file,
             size,
             read_only: false,
-            direct: false,
         })
     }
 
@@ -69,68 +64,17 @@ impl Raw {
         }
         Ok(())
     }
-
-    /// The aligned window covering `[offset, offset+len)` for O_DIRECT.
-    fn window(offset: u64, len: usize) -> (u64, usize) {
-        let start = offset - offset % ALIGN as u64;
-        let end = (offset + len as u64).next_multiple_of(ALIGN as u64);
-        (start, (end - start) as usize)
-    }
-
-    fn bounce(&self, len: usize) -> Result<AlignedBuf, BlockError> {
-        AlignedBuf::new(len).ok_or_else(|| {
-            self.file.io_err(
-                0,
-                len as u64,
-                io::Error::other("bounce buffer allocation failed"),
-            )
-        })
-    }
-
-    fn direct_read(&self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
-        let (start, wlen) = Self::window(offset, buf.len());
-        let mut b = self.bounce(wlen)?;
-        self.file.read_zero_fill(b.as_mut_slice(), start)?;
-        let skip = (offset - start) as usize;
-        buf.copy_from_slice(&b.as_slice()[skip..skip + buf.len()]);
-        Ok(())
-    }
-
-    fn direct_write(&self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
-        let (start, wlen) = Self::window(offset, buf.len());
-        let mut b = self.bounce(wlen)?;
-        let skip = (offset - start) as usize;
-        if skip != 0 || wlen != buf.len() {
-            self.file.read_zero_fill(b.as_mut_slice(), start)?;
-        }
-        b.as_mut_slice()[skip..skip + buf.len()].copy_from_slice(buf);
-        self.file.write_checked(b.as_slice(), start)?;
-        // A window past the old end of a file whose size is not aligned grows the file.
-        let end = start + wlen as u64;
-        if end > self.size {
-            self.file
-                .set_len(self.size)
-                .map_err(|e| self.file.io_err(self.size, 0, e))?;
-        }
-        Ok(())
-    }
 }
 
 impl BlockBackend for Raw {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BlockError> {
         check_range(offset, buf.len() as u64, self.size)?;
-        if self.direct {
-            return self.direct_read(buf, offset);
-        }
         self.file.read_zero_fill(buf, offset)
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.writable()?;
         check_range(offset, buf.len() as u64, self.size)?;
-        if self.direct {
-            return self.direct_write(buf, offset);
-        }
         self.file.write_checked(buf, offset)
     }
 
@@ -172,15 +116,24 @@ impl BlockBackend for Raw {
     }
 
     fn alignment(&self) -> u64 {
-        if self.direct {
-            ALIGN as u64
-        } else {
-            512
-        }
+        self.file.alignment().max(512)
     }
 
     fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    fn host_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        _write: bool,
+    ) -> Result<Option<HostRange>, BlockError> {
+        check_range(offset, len, self.size)?;
+        if self.read_only && _write {
+            return Ok(None);
+        }
+        Ok(self.file.raw_fd().map(|fd| HostRange { fd, offset }))
     }
 
     fn extent(&mut self, offset: u64, len: u64) -> Result<Extent, BlockError> {

@@ -17,7 +17,7 @@ mod rw;
 
 use std::collections::{BTreeSet, HashSet};
 
-use crate::backend::{check_range, BlockBackend, BlockError, Extent, ExtentKind};
+use crate::backend::{check_range, BlockBackend, BlockError, Extent, ExtentKind, HostRange};
 use crate::file::ImageFile;
 pub use check::CheckReport;
 pub use create::{create, create_file, CreateOptions};
@@ -367,6 +367,10 @@ impl BlockBackend for Qcow2 {
         self.read_only
     }
 
+    fn alignment(&self) -> u64 {
+        self.file.alignment().max(512)
+    }
+
     fn extent(&mut self, offset: u64, len: u64) -> Result<Extent, BlockError> {
         check_range(offset, len, self.h.size)?;
         let kind_of = |m: Map| match m {
@@ -388,6 +392,24 @@ impl BlockBackend for Qcow2 {
             kind,
             len: total.max(1),
         })
+    }
+
+    fn host_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<HostRange>, BlockError> {
+        check_range(offset, len, self.h.size)?;
+        if write && self.read_only {
+            return Ok(None);
+        }
+        let Some(fd) = self.file.raw_fd() else {
+            return Ok(None);
+        };
+        Ok(self
+            .contiguous_host(offset, len, write)?
+            .map(|offset| HostRange { fd, offset }))
     }
 
     fn backing_mut(&mut self) -> Option<&mut dyn BlockBackend> {

@@ -228,6 +228,63 @@ impl Qcow2 {
         Ok((noff, l2i))
     }
 
+    /// Host offset of `guest` when its cluster can be overwritten in place.
+    fn in_place(&mut self, guest: u64) -> Result<Option<u64>, BlockError> {
+        let Some(&l1e) = self.l1.get(self.l1_index(guest)) else {
+            return Ok(None);
+        };
+        let l2off = l1e & L1_OFFSET_MASK;
+        if l2off == 0 || l1e & COPIED == 0 || self.ext_l2 {
+            return Ok(None);
+        }
+        let (e, _) = self.l2_entry(l2off, self.l2_index(guest))?;
+        let host = e & L2_OFFSET_MASK;
+        let zero = self.h.version >= 3 && e & ZERO_FLAG != 0;
+        if e & COPIED == 0 || e & COMPRESSED != 0 || host == 0 || zero {
+            return Ok(None);
+        }
+        if self.meta.contains(&host) || self.is_fixed_metadata(host) {
+            return Ok(None);
+        }
+        Ok(Some(self.data_offset(host, guest)?))
+    }
+
+    /// The contiguous host stretch holding `[offset, offset+len)`, if there is one that an
+    /// I/O engine may access directly.
+    pub(super) fn contiguous_host(
+        &mut self,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Option<u64>, BlockError> {
+        let mut covered = 0u64;
+        let mut start = None;
+        while covered < len {
+            let pos = offset + covered;
+            let host = if write {
+                self.in_place(pos)?
+            } else {
+                match self.map(pos)? {
+                    (Map::Data(h), _) => Some(h),
+                    _ => None,
+                }
+            };
+            let Some(h) = host else {
+                return Ok(None);
+            };
+            let first = *start.get_or_insert(h);
+            if h != first + covered {
+                return Ok(None);
+            }
+            covered += self.cs - pos % self.cs;
+        }
+        if write {
+            self.ccache = None;
+            self.needs_sync = true;
+        }
+        Ok(start)
+    }
+
     /// Writes `data` inside the cluster holding `guest`.
     pub(super) fn write_chunk(&mut self, guest: u64, data: &[u8]) -> Result<(), BlockError> {
         let (l2off, l2i) = self.l2_for_write(guest)?;

@@ -1,0 +1,175 @@
+//! An asynchronous disk queue: one thread keeps many guest requests in flight. Requests that
+//! map to one contiguous stretch of a host file go to the engine (io_uring); the rest
+//! (allocation, copy-on-write, compressed or backing data) run synchronously in the backend.
+
+use std::io;
+
+use super::aligned::AlignedBuf;
+use super::engine::{Engine, IoCompletion, IoOp, IoRequest};
+use crate::backend::{BlockBackend, BlockError};
+
+/// What a disk request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Read `buf.len()` bytes.
+    Read,
+    /// Write the buffer.
+    Write,
+    /// Flush: completes after every earlier request has completed and is durable.
+    Flush,
+}
+
+/// One guest request.
+pub struct DiskRequest {
+    /// Caller's tag.
+    pub id: u64,
+    /// Operation.
+    pub op: DiskOp,
+    /// Guest offset.
+    pub offset: u64,
+    /// Data (empty for a flush).
+    pub buf: AlignedBuf,
+}
+
+/// A finished guest request.
+pub struct DiskCompletion {
+    /// The request's tag.
+    pub id: u64,
+    /// Outcome.
+    pub result: Result<(), BlockError>,
+    /// The request's buffer (read data for a read).
+    pub buf: AlignedBuf,
+}
+
+/// A disk with an I/O engine.
+pub struct AsyncDisk {
+    disk: Box<dyn BlockBackend>,
+    engine: Box<dyn Engine>,
+    done: Vec<DiskCompletion>,
+    raw: Vec<IoCompletion>,
+    /// Offsets of the requests in the engine, by id (for error messages).
+    offsets: std::collections::HashMap<u64, u64>,
+}
+
+impl AsyncDisk {
+    /// Wraps a backend and an engine (see [`super::engine::best_engine`]).
+    pub fn new(disk: Box<dyn BlockBackend>, engine: Box<dyn Engine>) -> Self {
+        AsyncDisk {
+            disk,
+            engine,
+            done: Vec::new(),
+            raw: Vec::new(),
+            offsets: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The engine's name.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// The backend.
+    pub fn disk(&mut self) -> &mut dyn BlockBackend {
+        self.disk.as_mut()
+    }
+
+    /// Requests started and not yet returned by [`AsyncDisk::poll`].
+    pub fn pending(&self) -> usize {
+        self.engine.in_flight() + self.done.len()
+    }
+
+    fn io_error(&self, id: u64, e: io::Error) -> BlockError {
+        BlockError::Io {
+            path: std::path::PathBuf::from("<async disk>"),
+            offset: self.offsets.get(&id).copied().unwrap_or(0),
+            len: 0,
+            source: e,
+        }
+    }
+
+    /// Starts a request; its completion comes from [`AsyncDisk::poll`]. Errors of the request
+    /// itself arrive in the completion.
+    pub fn submit(&mut self, mut req: DiskRequest) -> io::Result<()> {
+        let len = req.buf.as_slice().len() as u64;
+        let align = self.disk.alignment();
+        let aligned = req.offset.is_multiple_of(align) && len.is_multiple_of(align);
+        let direct = match req.op {
+            DiskOp::Flush => None,
+            op if aligned => match self.disk.host_range(req.offset, len, op == DiskOp::Write) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.done.push(DiskCompletion {
+                        id: req.id,
+                        result: Err(e),
+                        buf: req.buf,
+                    });
+                    return Ok(());
+                }
+            },
+            _ => None,
+        };
+        if let Some(hr) = direct {
+            self.offsets.insert(req.id, req.offset);
+            let op = if req.op == DiskOp::Write {
+                IoOp::Write
+            } else {
+                IoOp::Read
+            };
+            return self.engine.submit(IoRequest {
+                op,
+                fd: hr.fd,
+                offset: hr.offset,
+                buf: req.buf,
+                user_data: req.id,
+            });
+        }
+        let result = match req.op {
+            DiskOp::Read => self.disk.read_at(req.buf.as_mut_slice(), req.offset),
+            DiskOp::Write => self.disk.write_at(req.buf.as_slice(), req.offset),
+            DiskOp::Flush => self.drain().and_then(|()| self.disk.flush()),
+        };
+        self.done.push(DiskCompletion {
+            id: req.id,
+            result,
+            buf: req.buf,
+        });
+        Ok(())
+    }
+
+    /// Waits for everything in the engine (before a flush).
+    fn drain(&mut self) -> Result<(), BlockError> {
+        let n = self.engine.in_flight();
+        self.engine
+            .wait(n, &mut self.raw)
+            .map_err(|e| self.io_error(0, e))?;
+        self.collect();
+        Ok(())
+    }
+
+    fn collect(&mut self) {
+        for c in std::mem::take(&mut self.raw) {
+            let result = c
+                .result
+                .map(|_| ())
+                .map_err(|e| self.io_error(c.user_data, e));
+            self.offsets.remove(&c.user_data);
+            self.done.push(DiskCompletion {
+                id: c.user_data,
+                result,
+                buf: c.buf,
+            });
+        }
+    }
+
+    /// Waits for at least `min` completions (fewer if fewer are pending) and returns all
+    /// that are available.
+    pub fn poll(&mut self, min: usize) -> io::Result<Vec<DiskCompletion>> {
+        let need = min.saturating_sub(self.done.len());
+        if need > 0 || self.engine.in_flight() > 0 {
+            let need = if need > 0 { need } else { 0 };
+            self.engine.wait(need, &mut self.raw)?;
+            self.collect();
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+}

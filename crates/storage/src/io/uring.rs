@@ -1,0 +1,150 @@
+//! The io_uring engine (no SQPOLL: it would burn a core of two).
+
+use std::io;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::aligned::AlignedBuf;
+use super::engine::{Engine, IoCompletion, IoOp, IoRequest};
+
+struct Slot {
+    user_data: u64,
+    buf: AlignedBuf,
+    op: IoOp,
+}
+
+/// An io_uring instance with the buffers of its requests in flight.
+pub struct UringEngine {
+    ring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    queued: usize,
+    in_flight: usize,
+}
+
+impl UringEngine {
+    /// Sets up a ring of `depth` entries; fails where io_uring is missing or forbidden.
+    pub fn new(depth: u32) -> io::Result<Self> {
+        let ring = IoUring::new(depth.clamp(1, 4096).next_power_of_two())?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for op in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
+            if !probe.is_supported(op) {
+                return Err(io::Error::other(format!(
+                    "io_uring opcode {op} unsupported"
+                )));
+            }
+        }
+        Ok(UringEngine {
+            ring,
+            slots: Vec::new(),
+            free: Vec::new(),
+            queued: 0,
+            in_flight: 0,
+        })
+    }
+
+    fn entry(slot: usize, req: &mut IoRequest) -> io::Result<squeue::Entry> {
+        let fd = types::Fd(req.fd);
+        let len = u32::try_from(req.buf.as_slice().len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "request larger than 4 GiB")
+        })?;
+        let ptr = req.buf.as_mut_slice().as_mut_ptr();
+        let e = match req.op {
+            IoOp::Read => opcode::Read::new(fd, ptr, len).offset(req.offset).build(),
+            IoOp::Write => opcode::Write::new(fd, ptr, len).offset(req.offset).build(),
+            IoOp::Fsync => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+        };
+        Ok(e.user_data(slot as u64))
+    }
+}
+
+impl Engine for UringEngine {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    fn submit(&mut self, mut req: IoRequest) -> io::Result<()> {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let entry = Self::entry(slot, &mut req)?;
+        if self.ring.submission().is_full() {
+            self.ring.submit()?;
+            self.queued = 0;
+        }
+        // SAFETY: the entry points into req.buf, whose heap allocation moves into
+        // self.slots and stays alive (unmoved on the heap) until its completion is reaped;
+        // the fd is kept open by the caller until then.
+        unsafe {
+            self.ring
+                .submission()
+                .push(&entry)
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        self.slots[slot] = Some(Slot {
+            user_data: req.user_data,
+            buf: req.buf,
+            op: req.op,
+        });
+        self.queued += 1;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn wait(&mut self, min: usize, out: &mut Vec<IoCompletion>) -> io::Result<()> {
+        let want = min.min(self.in_flight);
+        loop {
+            let ready = self.ring.completion().len();
+            match self.ring.submit_and_wait(want.saturating_sub(ready)) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.queued = 0;
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (slot, res) in cqes {
+            let Some(s) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(slot as usize);
+            self.in_flight -= 1;
+            let mut buf = s.buf;
+            let result = if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                let n = res as usize;
+                let len = buf.as_slice().len();
+                match s.op {
+                    IoOp::Read if n < len => {
+                        // Past the end of the file: zeroes, as the synchronous path reads.
+                        buf.as_mut_slice()[n..].fill(0);
+                        Ok(len)
+                    }
+                    IoOp::Write if n < len => {
+                        Err(io::Error::new(io::ErrorKind::WriteZero, "short write"))
+                    }
+                    _ => Ok(n),
+                }
+            };
+            out.push(IoCompletion {
+                user_data: s.user_data,
+                result,
+                buf,
+            });
+        }
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
