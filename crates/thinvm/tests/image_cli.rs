@@ -1,5 +1,4 @@
-//! `thinvm image`: through the library entry point now, and through the binary once `image`
-//! is wired into main.rs (those tests are ignored until then).
+//! `thinvm image`: through the module's entry point and through the binary.
 
 #[path = "../src/image_cmd.rs"]
 #[allow(dead_code)]
@@ -9,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
-use storage::BlockBackend;
 use image_cmd::{run, ImageCommand};
+use storage::BlockBackend;
 
 #[derive(Parser)]
 struct Cli {
@@ -259,7 +258,6 @@ fn bin(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-#[ignore = "until `image` is wired into main.rs"]
 fn binary_create_info_json_check() {
     let d = Dir::new("bin");
     let img = d.p("x.qcow2");
