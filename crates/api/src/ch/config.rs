@@ -1,0 +1,370 @@
+//! Reading a Cloud Hypervisor `VmConfig`: fields thinvm supports are parsed, fields it does not
+//! support are accepted only when absent, null or at Cloud Hypervisor's default, and anything
+//! else is refused with an error that names the field.
+
+use serde_json::{Map, Value};
+
+use super::types::{ConsoleConfig, ConsoleMode, CpusConfig, MemoryConfig, PayloadConfig, VmConfig};
+
+/// Smallest guest memory accepted (the VMM's page tables and tables need some room).
+pub const MIN_MEMORY: u64 = 2 << 20;
+/// Largest guest memory accepted.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// Why a `VmConfig` was refused. Every variant names the field as `a.b.c`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown field `{field}`")]
+    Unknown { field: String },
+    #[error("field `{field}` = {value} is not supported by thinvm (only its default is accepted)")]
+    Unsupported { field: String, value: String },
+    #[error("field `{field}` is invalid: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("field `{field}` is required")]
+    Missing { field: String },
+}
+
+/// What a known field may hold.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Supported: parsed afterwards.
+    Parsed,
+    /// Unsupported: only null.
+    Null,
+    /// Unsupported list: only null or `[]`.
+    Empty,
+    /// Unsupported: null or this boolean.
+    Bool(bool),
+    /// Unsupported: null or this string.
+    Str(&'static str),
+    /// Unsupported: null or this integer.
+    Int(u64),
+    /// An object with its own table; null is accepted.
+    Object(&'static [(&'static str, Rule)]),
+}
+
+const TOP: &[(&str, Rule)] = &[
+    ("cpus", Rule::Parsed),
+    ("memory", Rule::Parsed),
+    ("payload", Rule::Parsed),
+    ("serial", Rule::Parsed),
+    ("console", Rule::Parsed),
+    ("pvpanic", Rule::Parsed),
+    ("rate_limit_groups", Rule::Empty),
+    ("disks", Rule::Empty),
+    ("net", Rule::Empty),
+    ("fs", Rule::Empty),
+    ("generic_vhost_user", Rule::Empty),
+    ("pmem", Rule::Empty),
+    ("devices", Rule::Empty),
+    ("user_devices", Rule::Empty),
+    ("vdpa", Rule::Empty),
+    ("numa", Rule::Empty),
+    ("pci_segments", Rule::Empty),
+    ("landlock_rules", Rule::Empty),
+    ("rng", Rule::Object(RNG)),
+    ("balloon", Rule::Null),
+    ("vsock", Rule::Null),
+    ("tpm", Rule::Null),
+    ("rtc", Rule::Null),
+    ("debug_console", Rule::Object(DEBUG_CONSOLE)),
+    ("platform", Rule::Object(PLATFORM)),
+    ("iommu", Rule::Bool(false)),
+    ("watchdog", Rule::Bool(false)),
+    ("landlock_enable", Rule::Bool(false)),
+];
+
+const CPUS: &[(&str, Rule)] = &[
+    ("boot_vcpus", Rule::Parsed),
+    ("max_vcpus", Rule::Parsed),
+    ("topology", Rule::Null),
+    ("kvm_hyperv", Rule::Bool(false)),
+    ("max_phys_bits", Rule::Int(46)),
+    ("nested", Rule::Bool(true)),
+    ("affinity", Rule::Empty),
+    ("features", Rule::Object(&[("amx", Rule::Bool(false))])),
+    ("core_scheduling", Rule::Str("Vm")),
+];
+
+const MEMORY: &[(&str, Rule)] = &[
+    ("size", Rule::Parsed),
+    ("hotplug_size", Rule::Int(0)),
+    ("hotplugged_size", Rule::Int(0)),
+    ("mergeable", Rule::Bool(false)),
+    ("hotplug_method", Rule::Str("Acpi")),
+    ("shared", Rule::Bool(false)),
+    ("hugepages", Rule::Bool(false)),
+    ("hugepage_size", Rule::Null),
+    ("prefault", Rule::Bool(false)),
+    ("reserve", Rule::Bool(false)),
+    ("thp", Rule::Bool(true)),
+    ("zones", Rule::Empty),
+];
+
+const PAYLOAD: &[(&str, Rule)] = &[
+    ("kernel", Rule::Parsed),
+    ("initramfs", Rule::Parsed),
+    ("cmdline", Rule::Parsed),
+    ("firmware", Rule::Null),
+    ("igvm", Rule::Null),
+    ("host_data", Rule::Null),
+];
+
+const CONSOLE: &[(&str, Rule)] = &[
+    ("mode", Rule::Parsed),
+    ("file", Rule::Parsed),
+    ("socket", Rule::Null),
+    ("iommu", Rule::Bool(false)),
+    ("id", Rule::Null),
+];
+
+const RNG: &[(&str, Rule)] = &[
+    ("src", Rule::Str("/dev/urandom")),
+    ("iommu", Rule::Bool(false)),
+    ("id", Rule::Null),
+    ("pci_segment", Rule::Int(0)),
+    ("pci_device_id", Rule::Null),
+];
+
+const DEBUG_CONSOLE: &[(&str, Rule)] = &[
+    ("mode", Rule::Str("Off")),
+    ("file", Rule::Null),
+    ("iobase", Rule::Int(0xe9)),
+];
+
+const PLATFORM: &[(&str, Rule)] = &[
+    ("num_pci_segments", Rule::Int(1)),
+    ("iommu_segments", Rule::Empty),
+    ("iommu_address_width_bits", Rule::Null),
+    ("system_serial_number", Rule::Null),
+    ("serial_number", Rule::Null),
+    ("system_uuid", Rule::Null),
+    ("uuid", Rule::Null),
+    ("oem_strings", Rule::Empty),
+    ("system_manufacturer", Rule::Null),
+    ("system_product_name", Rule::Null),
+    ("system_version", Rule::Null),
+    ("system_family", Rule::Null),
+    ("system_sku_number", Rule::Null),
+    ("chassis_asset_tag", Rule::Null),
+    ("tdx", Rule::Bool(false)),
+    ("sev_snp", Rule::Bool(false)),
+    ("iommufd", Rule::Bool(false)),
+    ("vfio_p2p_dma", Rule::Bool(true)),
+];
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Checks an object against a table: unknown keys and non-default unsupported values fail.
+fn check<'a>(
+    v: &'a Value,
+    path: &str,
+    table: &[(&str, Rule)],
+) -> Result<&'a Map<String, Value>, ConfigError> {
+    let obj = v.as_object().ok_or_else(|| ConfigError::Invalid {
+        field: if path.is_empty() {
+            "(body)".into()
+        } else {
+            path.into()
+        },
+        reason: format!("expected an object, got {v}"),
+    })?;
+    for (key, value) in obj {
+        let field = join(path, key);
+        let rule = table
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, r)| *r)
+            .ok_or_else(|| ConfigError::Unknown {
+                field: field.clone(),
+            })?;
+        let ok = match rule {
+            Rule::Parsed => true,
+            _ if value.is_null() => true,
+            Rule::Null => false,
+            Rule::Empty => value.as_array().is_some_and(|a| a.is_empty()),
+            Rule::Bool(b) => value.as_bool() == Some(b),
+            Rule::Str(s) => value.as_str() == Some(s),
+            Rule::Int(n) => value.as_u64() == Some(n),
+            Rule::Object(inner) => {
+                check(value, &field, inner)?;
+                true
+            }
+        };
+        if !ok {
+            return Err(ConfigError::Unsupported {
+                field,
+                value: value.to_string(),
+            });
+        }
+    }
+    Ok(obj)
+}
+
+fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn opt_string(
+    obj: &Map<String, Value>,
+    path: &str,
+    key: &str,
+) -> Result<Option<String>, ConfigError> {
+    match present(obj, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ConfigError::Invalid {
+            field: join(path, key),
+            reason: format!("expected a string, got {other}"),
+        }),
+    }
+}
+
+fn int(
+    obj: &Map<String, Value>,
+    path: &str,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = present(obj, key) else {
+        return Ok(None);
+    };
+    let field = join(path, key);
+    let n = v.as_u64().ok_or_else(|| ConfigError::Invalid {
+        field: field.clone(),
+        reason: format!("expected a non-negative integer, got {v}"),
+    })?;
+    if n < min || n > max {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: format!("{n} is outside {min}..={max}"),
+        });
+    }
+    Ok(Some(n))
+}
+
+fn parse_cpus(v: Option<&Value>) -> Result<CpusConfig, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(CpusConfig {
+            boot_vcpus: 1,
+            max_vcpus: 1,
+        });
+    };
+    let obj = check(v, "cpus", CPUS)?;
+    let boot = int(obj, "cpus", "boot_vcpus", 1, 255)?.unwrap_or(1);
+    let max = int(obj, "cpus", "max_vcpus", 1, 255)?.unwrap_or(boot);
+    if max != boot {
+        return Err(ConfigError::Unsupported {
+            field: "cpus.max_vcpus".into(),
+            value: format!(
+                "{max} (vCPU hotplug is not supported: it must equal boot_vcpus {boot})"
+            ),
+        });
+    }
+    // Both are within 1..=255 (checked by `int`).
+    let b = u8::try_from(boot).unwrap_or(u8::MAX);
+    Ok(CpusConfig {
+        boot_vcpus: b,
+        max_vcpus: b,
+    })
+}
+
+fn parse_memory(v: Option<&Value>) -> Result<MemoryConfig, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(MemoryConfig { size: 512 << 20 });
+    };
+    let obj = check(v, "memory", MEMORY)?;
+    let size = int(obj, "memory", "size", MIN_MEMORY, MAX_MEMORY)?.ok_or(ConfigError::Missing {
+        field: "memory.size".into(),
+    })?;
+    if !size.is_multiple_of(4096) {
+        return Err(ConfigError::Invalid {
+            field: "memory.size".into(),
+            reason: format!("{size} is not a multiple of 4096"),
+        });
+    }
+    Ok(MemoryConfig { size })
+}
+
+fn parse_console(
+    v: Option<&Value>,
+    field: &str,
+    default: ConsoleMode,
+) -> Result<ConsoleConfig, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(ConsoleConfig {
+            mode: default,
+            file: None,
+        });
+    };
+    let obj = check(v, field, CONSOLE)?;
+    let mode_field = join(field, "mode");
+    let mode = match present(obj, "mode").and_then(Value::as_str) {
+        None => return Err(ConfigError::Missing { field: mode_field }),
+        Some("Off") => ConsoleMode::Off,
+        Some("Null") => ConsoleMode::Null,
+        Some("Tty") => ConsoleMode::Tty,
+        Some("File") if field == "serial" => ConsoleMode::File,
+        Some(other) => {
+            return Err(ConfigError::Unsupported {
+                field: mode_field,
+                value: format!("\"{other}\""),
+            })
+        }
+    };
+    let file = opt_string(obj, field, "file")?;
+    if mode == ConsoleMode::File && file.is_none() {
+        return Err(ConfigError::Missing {
+            field: join(field, "file"),
+        });
+    }
+    Ok(ConsoleConfig { mode, file })
+}
+
+/// Reads a Cloud Hypervisor `VmConfig` JSON body into the part thinvm supports.
+pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
+    let top = check(v, "", TOP)?;
+    let payload_v = present(top, "payload").ok_or(ConfigError::Missing {
+        field: "payload".into(),
+    })?;
+    let p = check(payload_v, "payload", PAYLOAD)?;
+    let payload = PayloadConfig {
+        kernel: opt_string(p, "payload", "kernel")?,
+        initramfs: opt_string(p, "payload", "initramfs")?,
+        cmdline: opt_string(p, "payload", "cmdline")?,
+    };
+    if payload.kernel.is_none() {
+        return Err(ConfigError::Missing {
+            field: "payload.kernel".into(),
+        });
+    }
+    let pvpanic = match present(top, "pvpanic") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                field: "pvpanic".into(),
+                reason: format!("expected a boolean, got {other}"),
+            })
+        }
+    };
+    Ok(VmConfig {
+        cpus: parse_cpus(top.get("cpus"))?,
+        memory: parse_memory(top.get("memory"))?,
+        payload,
+        serial: parse_console(top.get("serial"), "serial", ConsoleMode::Null)?,
+        console: parse_console(top.get("console"), "console", ConsoleMode::Tty)?,
+        pvpanic,
+    })
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,110 @@
+//! Request and response bodies of the per-VM API, in Cloud Hypervisor's field names. Sizes are
+//! in bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /vmm.ping`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmPingResponse {
+    pub build_version: String,
+    pub version: String,
+    pub pid: i64,
+    pub features: Vec<String>,
+}
+
+/// The VM's state as `vm.info` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    Created,
+    Running,
+    Shutdown,
+    Paused,
+}
+
+/// `GET /vm.info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub config: VmConfig,
+    pub state: VmState,
+    pub memory_actual_size: u64,
+}
+
+/// `GET /vm.counters`: device name -> counter name -> value.
+pub type VmCounters = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// vCPUs (no hotplug: `max_vcpus` equals `boot_vcpus`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpusConfig {
+    pub boot_vcpus: u8,
+    pub max_vcpus: u8,
+}
+
+/// Guest memory in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    pub size: u64,
+}
+
+/// What the guest boots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// Where a console's output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleMode {
+    Off,
+    Null,
+    Tty,
+    File,
+}
+
+/// The serial port's (or the virtio console's) output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleConfig {
+    pub mode: ConsoleMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// The supported part of Cloud Hypervisor's `VmConfig`, as [`super::parse_vm_config`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    pub cpus: CpusConfig,
+    pub memory: MemoryConfig,
+    pub payload: PayloadConfig,
+    pub serial: ConsoleConfig,
+    pub console: ConsoleConfig,
+    pub pvpanic: bool,
+}
+
+impl VmConfig {
+    /// Cloud Hypervisor's defaults (1 vCPU, 512 MiB, serial Null, console Tty) with a payload.
+    pub fn with_payload(payload: PayloadConfig) -> Self {
+        VmConfig {
+            cpus: CpusConfig {
+                boot_vcpus: 1,
+                max_vcpus: 1,
+            },
+            memory: MemoryConfig { size: 512 << 20 },
+            payload,
+            serial: ConsoleConfig {
+                mode: ConsoleMode::Null,
+                file: None,
+            },
+            console: ConsoleConfig {
+                mode: ConsoleMode::Tty,
+                file: None,
+            },
+            pvpanic: false,
+        }
+    }
+}

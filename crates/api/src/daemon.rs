@@ -1,0 +1,389 @@
+//! thinvmd's API: request and response types, the name rule, the route table and the OpenAPI
+//! document built from it (the daemon's tests check every route in the table is served).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Longest VM name.
+pub const MAX_NAME: usize = 63;
+/// Smallest and largest guest memory the daemon accepts.
+pub const MEMORY_RANGE: (u64, u64) = (2 << 20, 1 << 40);
+
+/// Checks a VM name against `^[a-z0-9][a-z0-9._-]{0,62}$`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let first_ok = b
+        .first()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'));
+    if first_ok && rest_ok && b.len() <= MAX_NAME {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid VM name {name:?}: use 1 to 63 characters of a-z, 0-9, '.', '_', '-', \
+             starting with a letter or digit"
+        ))
+    }
+}
+
+/// What the daemon does when a VM's VMM ends without a user's stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    Never,
+    /// Restart after a crash, panic, triple fault or SIGKILL.
+    OnFailure,
+    /// Restart also after the guest powered itself off.
+    Always,
+}
+
+/// A VM's state in the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Defined,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    Stopped,
+    Crashed,
+}
+
+impl State {
+    /// Every state, in lifecycle order.
+    pub const ALL: [State; 7] = [
+        State::Defined,
+        State::Starting,
+        State::Running,
+        State::Paused,
+        State::Stopping,
+        State::Stopped,
+        State::Crashed,
+    ];
+
+    /// The lowercase name (as stored and serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Defined => "defined",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Crashed => "crashed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether a VMM process belongs to the VM in this state.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            State::Starting | State::Running | State::Paused | State::Stopping
+        )
+    }
+}
+
+/// `POST /v1/vms`: a VM definition. Unknown fields are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    #[serde(default = "one")]
+    pub cpus: u8,
+    /// Guest memory in bytes.
+    #[serde(default = "default_memory")]
+    pub memory: u64,
+    pub kernel: String,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub autostart: bool,
+}
+
+fn one() -> u8 {
+    1
+}
+
+fn default_memory() -> u64 {
+    512 << 20
+}
+
+impl VmSpec {
+    /// Checks the name, vCPUs, memory and paths (paths must be absolute; the daemon confines
+    /// them further).
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(&self.name)?;
+        if self.cpus == 0 {
+            return Err("cpus: must be at least 1".into());
+        }
+        let (lo, hi) = MEMORY_RANGE;
+        if self.memory < lo || self.memory > hi || !self.memory.is_multiple_of(4096) {
+            return Err(format!(
+                "memory: {} bytes is outside {lo}..={hi} or not a multiple of 4096",
+                self.memory
+            ));
+        }
+        for (field, p) in [
+            ("kernel", Some(&self.kernel)),
+            ("initrd", self.initrd.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !p.starts_with('/') || p.contains('\0') {
+                    return Err(format!("{field}: {p:?} is not an absolute path"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A VM as the daemon reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    #[serde(flatten)]
+    pub spec: VmSpec,
+    pub state: State,
+    /// The VMM's pid while one runs.
+    pub pid: Option<i32>,
+    /// Restarts done by the policy since the last user start.
+    pub restarts: u32,
+    /// Why the last VMM ended.
+    pub last_exit: Option<String>,
+}
+
+/// One stored state change (`GET /v1/events`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Increasing, stored id (the SSE `id:`).
+    pub id: i64,
+    /// Unix time in milliseconds.
+    pub time_ms: i64,
+    pub vm: String,
+    pub state: State,
+    pub message: String,
+}
+
+/// One route of the daemon's API.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// The success status.
+    pub status: u16,
+}
+
+/// Every route thinvmd serves.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "get",
+        path: "/v1/version",
+        summary: "Daemon version",
+        status: 200,
+    },
+    Route {
+        method: "get",
+        path: "/v1/vms",
+        summary: "List VMs",
+        status: 200,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms",
+        summary: "Define a VM (body: VmSpec)",
+        status: 201,
+    },
+    Route {
+        method: "get",
+        path: "/v1/vms/{name}",
+        summary: "Show one VM",
+        status: 200,
+    },
+    Route {
+        method: "delete",
+        path: "/v1/vms/{name}",
+        summary: "Delete a VM that does not run",
+        status: 204,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms/{name}/start",
+        summary: "Start a VM",
+        status: 200,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms/{name}/stop",
+        summary: "Stop: ACPI power button, hard stop after ?timeout= seconds",
+        status: 200,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms/{name}/kill",
+        summary: "Kill the VMM (SIGKILL)",
+        status: 200,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms/{name}/pause",
+        summary: "Pause the vCPUs",
+        status: 200,
+    },
+    Route {
+        method: "post",
+        path: "/v1/vms/{name}/resume",
+        summary: "Resume the vCPUs",
+        status: 200,
+    },
+    Route {
+        method: "get",
+        path: "/v1/vms/{name}/logs",
+        summary: "Console log (text; ?tail=BYTES)",
+        status: 200,
+    },
+    Route {
+        method: "get",
+        path: "/v1/events",
+        summary: "State changes as server-sent events (Last-Event-ID resumes)",
+        status: 200,
+    },
+    Route {
+        method: "get",
+        path: "/v1/openapi.json",
+        summary: "This document",
+        status: 200,
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus text metrics",
+        status: 200,
+    },
+];
+
+/// The OpenAPI 3 document of the daemon's API, built from [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        let mut op = json!({
+            "summary": r.summary,
+            "responses": {
+                r.status.to_string(): {"description": "success"},
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if r.path.contains("{name}") {
+            op["parameters"] = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}]);
+        }
+        if r.method == "post" && r.path == "/v1/vms" {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VmSpec"}}}});
+        }
+        entry[r.method] = op;
+    }
+    let states: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "thinvmd API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}},
+            "VmSpec": {"type": "object", "required": ["name", "kernel"], "additionalProperties": false, "properties": {
+                "name": {"type": "string"}, "cpus": {"type": "integer", "minimum": 1},
+                "memory": {"type": "integer", "description": "bytes"},
+                "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
+                "restart": {"type": "string", "enum": ["never", "on-failure", "always"]},
+                "autostart": {"type": "boolean"}}},
+            "State": {"type": "string", "enum": states}
+        }}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "db.prod_2", "0", &"x".repeat(63)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "A",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"x".repeat(64),
+            "a\0",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spec_rejects_unknown_fields_and_bad_values() {
+        let e = serde_json::from_str::<VmSpec>(r#"{"name":"a","kernel":"/k","disk":"/x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("disk"), "{e}");
+        let s: VmSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
+        assert_eq!(
+            (s.cpus, s.memory, s.restart),
+            (1, 512 << 20, RestartPolicy::Never)
+        );
+        assert!(s.validate().is_ok());
+        let bad = |f: fn(&mut VmSpec)| {
+            let mut t = s.clone();
+            f(&mut t);
+            t.validate().unwrap_err()
+        };
+        assert!(bad(|t| t.cpus = 0).contains("cpus"));
+        assert!(bad(|t| t.memory = 4095).contains("memory"));
+        assert!(bad(|t| t.memory = 1 << 41).contains("memory"));
+        assert!(bad(|t| t.kernel = "rel/k".into()).contains("kernel"));
+        assert!(bad(|t| t.name = "../x".into()).contains("name"));
+        let p: RestartPolicy = serde_json::from_str("\"on-failure\"").unwrap();
+        assert_eq!(p, RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = openapi();
+        for r in ROUTES {
+            assert!(
+                doc["paths"][r.path][r.method].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            );
+        }
+        assert_eq!(doc["components"]["schemas"]["State"]["enum"][6], "crashed");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+            let j = serde_json::to_string(&s).unwrap();
+            assert_eq!(j, format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(State::parse("zombie"), None);
+    }
+}
