@@ -3,6 +3,7 @@
 //! conversion and commit for `thinvm image`. Knows neither guest memory nor KVM.
 
 pub mod backend;
+pub mod bench;
 pub mod chain;
 pub mod file;
 pub mod formats;

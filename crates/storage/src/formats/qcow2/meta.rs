@@ -136,6 +136,8 @@ impl Qcow2 {
     /// The ordered flush: data and refcounts, then L2 tables, then L1, then frees.
     pub(super) fn flush_metadata(&mut self) -> Result<(), BlockError> {
         let dirty_l2 = self.l2.dirty();
+        // Refcounts first: they must be durable before any table points to their clusters.
+        self.rc.write_dirty(&*self.file)?;
         if dirty_l2.is_empty() && self.l1_dirty.is_empty() && self.pending_free.is_empty() {
             if self.needs_sync {
                 self.file.sync_checked()?;
@@ -167,6 +169,8 @@ impl Qcow2 {
         for e in &frees {
             self.free_entry(*e)?;
         }
+        // Lost decrements would only leak clusters: written now, synced by the next flush.
+        self.rc.write_dirty(&*self.file)?;
         self.needs_sync = !frees.is_empty();
         Ok(())
     }

@@ -317,12 +317,32 @@ impl BlockBackend for Qcow2 {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
         self.writable()?;
         check_range(offset, buf.len() as u64, self.h.size)?;
+        // Whole clusters are placed first and their data written in contiguous runs.
+        let mut run: Option<(u64, usize, usize)> = None; // (host, start in buf, length)
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
             let n = ((self.cs - pos % self.cs) as usize).min(buf.len() - done);
-            self.write_chunk(pos, &buf[done..done + n])?;
+            if n as u64 == self.cs {
+                let host = self.place_full_cluster(pos)?;
+                run = match run {
+                    Some((h, s, l)) if h + l as u64 == host => Some((h, s, l + n)),
+                    Some((h, s, l)) => {
+                        self.file.write_checked(&buf[s..s + l], h)?;
+                        Some((host, done, n))
+                    }
+                    None => Some((host, done, n)),
+                };
+            } else {
+                if let Some((h, s, l)) = run.take() {
+                    self.file.write_checked(&buf[s..s + l], h)?;
+                }
+                self.write_chunk(pos, &buf[done..done + n])?;
+            }
             done += n;
+        }
+        if let Some((h, s, l)) = run {
+            self.file.write_checked(&buf[s..s + l], h)?;
         }
         Ok(())
     }

@@ -85,6 +85,8 @@ pub struct Refcounts {
     pub hint: u64,
     /// Offsets of refcount blocks created since the owner last looked.
     pub new_blocks: Vec<u64>,
+    /// Cached blocks changed since they were last written.
+    dirty: std::collections::BTreeSet<u64>,
 }
 
 impl Refcounts {
@@ -98,6 +100,7 @@ impl Refcounts {
             cache: HashMap::new(),
             hint: 0,
             new_blocks: Vec::new(),
+            dirty: std::collections::BTreeSet::new(),
         }
     }
 
@@ -136,10 +139,15 @@ impl Refcounts {
     fn load(&mut self, file: &dyn ImageFile, off: u64) -> Result<&mut Vec<u8>, BlockError> {
         if !self.cache.contains_key(&off) {
             if self.cache.len() >= BLOCK_CACHE {
-                // Blocks are written through, so any of them can go.
-                if let Some(&k) = self.cache.keys().next() {
-                    self.cache.remove(&k);
-                }
+                let victim = self.cache.keys().find(|k| !self.dirty.contains(k)).copied();
+                let victim = match victim {
+                    Some(v) => v,
+                    None => {
+                        self.write_dirty(file)?;
+                        *self.cache.keys().next().expect("cache is full")
+                    }
+                };
+                self.cache.remove(&victim);
             }
             let flen = file.len_checked()?;
             let cs = 1u64 << self.cluster_bits;
@@ -170,7 +178,7 @@ impl Refcounts {
         }
     }
 
-    /// Sets the refcount of cluster `idx` and writes its block entry through to the file.
+    /// Sets the refcount of cluster `idx` in the cached block (written by [`Refcounts::write_dirty`]).
     /// The block must exist.
     pub fn set(&mut self, file: &dyn ImageFile, idx: u64, v: u64) -> Result<(), BlockError> {
         if v > max_refcount(self.order) {
@@ -192,11 +200,9 @@ impl Refcounts {
         let i = (idx % self.per_block()) as usize;
         let block = self.load(file, off)?;
         set_entry(block, order, i, v);
-        // Write the aligned unit (at least 8 bytes) holding the entry.
-        let byte = (i << order) / 8;
-        let start = byte - byte % 8;
-        let unit = block[start..start + 8].to_vec();
-        file.write_checked(&unit, off + start as u64)
+        // Written back by write_dirty(), before the metadata that needs it.
+        self.dirty.insert(off);
+        Ok(())
     }
 
     /// Adds `delta` (+1 or -1) to cluster `idx`'s refcount.
@@ -220,7 +226,7 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Allocates one free cluster (refcount 0 -> 1, written through but not synced) and
+    /// Allocates one free cluster (refcount 0 -> 1, cached until written back) and
     /// returns its index.
     pub fn alloc(&mut self, file: &dyn ImageFile) -> Result<u64, AllocError> {
         let mut idx = self.hint.max(1);
@@ -255,11 +261,27 @@ impl Refcounts {
         }
     }
 
+    /// Writes every changed block (not synced).
+    pub fn write_dirty(&mut self, file: &dyn ImageFile) -> Result<(), BlockError> {
+        for off in std::mem::take(&mut self.dirty) {
+            if let Some(b) = self.cache.get(&off) {
+                file.write_checked(b, off)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether some block waits to be written.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// Drops cached blocks (after the structure was replaced).
     pub fn reset(&mut self, table: Vec<u64>, table_offset: u64) {
         self.table = table;
         self.table_offset = table_offset;
         self.cache.clear();
+        self.dirty.clear();
         self.hint = 0;
     }
 

@@ -285,6 +285,24 @@ impl Qcow2 {
         Ok(start)
     }
 
+    /// Where the data of the whole cluster at `guest` goes: in place, or a newly allocated
+    /// cluster already entered in the L2 table (the caller writes the data before any flush).
+    pub(super) fn place_full_cluster(&mut self, guest: u64) -> Result<u64, BlockError> {
+        let (l2off, l2i) = self.l2_for_write(guest)?;
+        self.ccache = None;
+        self.needs_sync = true;
+        if let Some(h) = self.in_place(guest)? {
+            return Ok(h);
+        }
+        let (old, _) = self.l2_entry(l2off, l2i)?;
+        let new = self.alloc_cluster()? << self.h.cluster_bits;
+        self.set_l2_entry(l2off, l2i, new | COPIED)?;
+        if old & COMPRESSED != 0 || old & L2_OFFSET_MASK != 0 {
+            self.pending_free.push(old);
+        }
+        Ok(new)
+    }
+
     /// Writes `data` inside the cluster holding `guest`.
     pub(super) fn write_chunk(&mut self, guest: u64, data: &[u8]) -> Result<(), BlockError> {
         let (l2off, l2i) = self.l2_for_write(guest)?;
