@@ -271,11 +271,6 @@ impl Refcounts {
         Ok(())
     }
 
-    /// Whether some block waits to be written.
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
-    }
-
     /// Drops cached blocks (after the structure was replaced).
     pub fn reset(&mut self, table: Vec<u64>, table_offset: u64) {
         self.table = table;
