@@ -16,6 +16,7 @@ pub mod events;
 pub mod interrupt;
 pub mod legacy;
 pub mod pci;
+pub mod virtio;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -1,0 +1,252 @@
+//! virtio-blk on a [`BlockBackend`] (raw, qcow2, ... from the storage crate).
+//!
+//! Offers: SEG_MAX, BLK_SIZE, FLUSH, and DISCARD + WRITE_ZEROES on writable disks, RO on
+//! read-only ones; GET_ID answers the configured serial. One request queue, served by the
+//! device's worker thread (one request at a time for now).
+
+mod request;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use storage::BlockBackend;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+pub use request::{
+    collect, parse, process, status_address, Completion, Request, RequestError, ID_BYTES,
+    MAX_DESCRIPTORS, MAX_REQUEST_BYTES, SECTOR_SIZE,
+};
+
+use super::{
+    device_type, read_config_bytes, ActivateError, InterruptKind, QueueHandler, VirtioDevice,
+    VirtioInterrupt, WorkerThread, F_RING_INDIRECT_DESC, F_VERSION_1,
+};
+use crate::legacy::GuestLog;
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
+/// Most data segments per request the driver may use (queue size minus header and status).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most sectors of one discard or write-zeroes segment.
+const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
+
+/// Counters of one block device.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Requests completed with VIRTIO_BLK_S_OK.
+    pub ok: AtomicU64,
+    /// Requests that failed (I/O error status or no usable status byte).
+    pub failed: AtomicU64,
+    /// Requests of an unsupported type.
+    pub unsupported: AtomicU64,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Arc<Mutex<Box<dyn BlockBackend>>>,
+    capacity: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    stats: Arc<BlockStats>,
+    worker: Option<WorkerThread>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Block {
+    /// A device serving `disk`; GET_ID answers `serial` (cut to 20 bytes). A read-only
+    /// backend makes a read-only device.
+    pub fn new(disk: Box<dyn BlockBackend>, serial: &str) -> Self {
+        let mut id = [0u8; ID_BYTES];
+        let n = serial.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        Block {
+            capacity: disk.size(),
+            read_only: disk.read_only(),
+            disk: Arc::new(Mutex::new(disk)),
+            id,
+            stats: Arc::new(BlockStats::default()),
+            worker: None,
+        }
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        self.stats.clone()
+    }
+
+    fn config_space(&self) -> [u8; 60] {
+        let mut c = [0u8; 60];
+        c[0..8].copy_from_slice(&(self.capacity / SECTOR_SIZE).to_le_bytes());
+        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        c[34..36].copy_from_slice(&1u16.to_le_bytes());
+        c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&1u32.to_le_bytes());
+        c[44..48].copy_from_slice(&1u32.to_le_bytes());
+        c[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&1u32.to_le_bytes());
+        c[56] = 1;
+        c
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let bit = |b: u32| 1u64 << b;
+        let mut f = F_VERSION_1
+            | F_RING_INDIRECT_DESC
+            | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH);
+        if self.read_only {
+            f |= bit(VIRTIO_BLK_F_RO);
+        } else {
+            f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space(), offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        mut queues: Vec<Queue>,
+        events: Vec<EventFd>,
+    ) -> Result<(), ActivateError> {
+        let want = QUEUE_SIZES.len();
+        let queue = match queues.pop() {
+            Some(q) if queues.is_empty() && q.ready() && events.len() == want => q,
+            _ => {
+                return Err(ActivateError::QueueCount {
+                    device: self.name(),
+                    got: queues.len() + 1,
+                    want,
+                })
+            }
+        };
+        let handler = BlockWorker {
+            mem,
+            queue,
+            interrupt,
+            disk: self.disk.clone(),
+            id: self.id,
+            stats: self.stats.clone(),
+            log: GuestLog::default(),
+        };
+        let worker = WorkerThread::spawn("virtio-blk", events, handler).map_err(|source| {
+            ActivateError::Worker {
+                device: "virtio-blk",
+                source,
+            }
+        })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+/// The worker's side: the queue and the disk.
+struct BlockWorker {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    disk: Arc<Mutex<Box<dyn BlockBackend>>>,
+    id: [u8; ID_BYTES],
+    stats: Arc<BlockStats>,
+    log: GuestLog,
+}
+
+impl BlockWorker {
+    fn serve(&mut self) -> bool {
+        let mut used = false;
+        let mut disk = lock(&self.disk);
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let (done, err) = process(&self.mem, chain, disk.as_mut(), &self.id);
+            if let Some(addr) = done.status_addr {
+                if self.mem.write_obj(done.status, addr).is_err() {
+                    self.log.warn(format_args!(
+                        "virtio-blk: cannot write status at {:#x}",
+                        addr.0
+                    ));
+                }
+            }
+            self.count(&done, err.as_ref());
+            if let Err(e) = self.queue.add_used(&self.mem, head, done.used_len) {
+                self.log.warn(format_args!(
+                    "virtio-blk: cannot return descriptor {head}: {e:?}"
+                ));
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn count(&self, done: &Completion, err: Option<&RequestError>) {
+        let s = &self.stats;
+        match (done.status, err) {
+            (0, _) => {
+                s.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            (2, _) => {
+                s.unsupported.fetch_add(1, Ordering::Relaxed);
+            }
+            (_, e) => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(e) = e {
+                    self.log
+                        .warn(format_args!("virtio-blk: request failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+impl QueueHandler for BlockWorker {
+    fn handle_queue(&mut self, _queue: usize) {
+        if !self.serve() {
+            return;
+        }
+        match self.queue.needs_notification(&self.mem) {
+            Ok(false) => {}
+            _ => {
+                if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(0)) {
+                    self.log
+                        .warn(format_args!("virtio-blk: interrupt failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
