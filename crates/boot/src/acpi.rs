@@ -2,7 +2,8 @@
 //! XSDT, FADT (+ FACS, DSDT) and MADT, written to the [`ACPI_START`] area.
 
 use acpi_tables::aml::{
-    Device, EISAName, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
+    AddressSpace as AmlSpace, AddressSpaceCacheable, Device, EISAName, Memory32Fixed, Name,
+    Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -14,7 +15,10 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
-use crate::layout::{ACPI_SIZE, ACPI_START, ECAM_SIZE, ECAM_START, IOAPIC_START, LAPIC_START};
+use crate::layout::{
+    ACPI_SIZE, ACPI_START, ECAM_SIZE, ECAM_START, IOAPIC_START, LAPIC_START, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
+};
 
 /// SLP_TYP value of S5 (soft off) in the DSDT's `\_S5` package.
 pub const SLP_TYP_S5: u16 = 5;
@@ -36,6 +40,10 @@ pub const RESET_PORT: u16 = 0x608;
 pub const RESET_VALUE: u8 = 0x06;
 /// pvpanic port (`QEMU0001`).
 pub const PVPANIC_PORT: u16 = 0x505;
+/// PCI configuration mechanism #1 ports (0xCF8 address, 0xCFC data).
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+/// First port of the PCI host bridge's I/O window (everything above the config ports).
+pub const PCI_IO_WINDOW_START: u16 = 0x0d00;
 /// Most vCPUs: xAPIC IDs 0..=254 (255 is the broadcast ID).
 pub const MAX_CPUS: u8 = 254;
 
@@ -137,9 +145,11 @@ pub fn create_acpi_tables<M: GuestMemoryBackend>(
     let facs = write(mem, &mut area, "FACS", &bytes_of(&FACS::new()), 64)?;
     let fadt = write(mem, &mut area, "FACP", &bytes_of(&fadt(dsdt, facs)), 16)?;
     let madt = write(mem, &mut area, "APIC", &madt(cpus), 16)?;
+    let mcfg = write(mem, &mut area, "MCFG", &mcfg(), 16)?;
     let mut xsdt = XSDT::new(OEM_ID, *b"THINXSDT", OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let xsdt = write(mem, &mut area, "XSDT", &bytes_of(&xsdt), 16)?;
     let rsdp = Rsdp::new(OEM_ID, xsdt);
     mem.write_slice(&bytes_of(&rsdp), GuestAddress(rsdp_addr))
@@ -213,6 +223,53 @@ fn madt(cpus: u8) -> Vec<u8> {
     madt.as_slice().to_vec()
 }
 
+/// MCFG: one ECAM allocation, segment 0, buses 0..=255 (the whole reserved window; only bus 0
+/// has devices).
+fn mcfg() -> Vec<u8> {
+    let mut t = Sdt::new(*b"MCFG", 44, 1, OEM_ID, *b"THINMCFG", OEM_REVISION);
+    let mut entry = Vec::with_capacity(16);
+    entry.extend_from_slice(&ECAM_START.to_le_bytes());
+    entry.extend_from_slice(&0u16.to_le_bytes()); // PCI segment group
+    entry.push(0); // start bus
+    entry.push(((ECAM_SIZE >> 20) - 1) as u8); // end bus
+    entry.extend_from_slice(&[0; 4]);
+    t.append_slice(&entry);
+    t.as_slice().to_vec()
+}
+
+/// The PCI host bridge `\_SB.PCI0` (PCIe `PNP0A08`, compatible `PNP0A03`): bus 0, the config
+/// ports, the I/O window above them and the 32-bit MMIO window where the VMM puts BARs. No
+/// `_PRT`: thinvm's PCI devices interrupt by MSI-X only. No `_OSC`: Linux then leaves the PCIe
+/// native features (hotplug, AER) to the platform, which has none; MSI-X is unaffected.
+fn pci_host_bridge(out: &mut Vec<u8>) {
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0A08"));
+    let cid = Name::new(Path::new("_CID"), &EISAName::new("PNP0A03"));
+    let zero = 0u8;
+    let adr = Name::new(Path::new("_ADR"), &zero);
+    let seg = Name::new(Path::new("_SEG"), &zero);
+    let uid = Name::new(Path::new("_UID"), &zero);
+    let bbn = Name::new(Path::new("_BBN"), &zero);
+    let buses = AmlSpace::<u16>::new_bus_number(0, 0);
+    let cfg_ports = IO::new(PCI_CONFIG_PORT, PCI_CONFIG_PORT, 1, 8);
+    let io_window = AmlSpace::<u16>::new_io(PCI_IO_WINDOW_START, 0xffff, None);
+    let mmio = AmlSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_START as u32,
+        (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32,
+        None,
+    );
+    let crs = Name::new(
+        Path::new("_CRS"),
+        &ResourceTemplate::new(vec![&buses, &cfg_ports, &io_window, &mmio]),
+    );
+    let dev = Device::new(
+        Path::new("PCI0"),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs],
+    );
+    dev.to_aml_bytes(out);
+}
+
 fn dsdt() -> Vec<u8> {
     let s5_type = SLP_TYP_S5 as u8;
     let s5 = Name::new(
@@ -227,11 +284,25 @@ fn dsdt() -> Vec<u8> {
     let mres_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0C02"));
     let mres_crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&ecam]));
     let mres = Device::new(Path::new("MRES"), vec![&mres_hid, &mres_crs]);
-    let sb = Scope::new(Path::new("\\_SB_"), vec![&pevt, &mres]);
+    let mut pci0 = Vec::new();
+    pci_host_bridge(&mut pci0);
+    let pci0 = RawAml(pci0);
+    let sb = Scope::new(Path::new("\\_SB_"), vec![&pevt, &mres, &pci0]);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"THINDSDT", OEM_REVISION);
     dsdt.append_slice(&bytes_of(&s5));
     dsdt.append_slice(&bytes_of(&sb));
     dsdt.as_slice().to_vec()
+}
+
+/// AML bytes built elsewhere, placed as they are.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        for b in &self.0 {
+            sink.byte(*b);
+        }
+    }
 }
 
 #[cfg(test)]

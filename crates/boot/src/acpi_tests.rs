@@ -49,6 +49,7 @@ fn table(mem: &GuestMemoryMmap, addr: u64, signature: &[u8; 4]) -> Vec<u8> {
 struct Tables {
     fadt: Vec<u8>,
     madt: Vec<u8>,
+    mcfg: Vec<u8>,
     dsdt: Vec<u8>,
     facs_addr: u64,
 }
@@ -63,14 +64,16 @@ fn tables(mem: &GuestMemoryMmap, cpus: u8) -> Tables {
     assert_eq!(u32_at(&rsdp, 20), 36);
     let xsdt = table(mem, u64_at(&rsdp, 24), b"XSDT");
     let entries: Vec<u64> = xsdt[36..].chunks(8).map(|c| u64_at(c, 0)).collect();
-    assert_eq!(entries.len(), 2);
+    assert_eq!(entries.len(), 3);
     let fadt = table(mem, entries[0], b"FACP");
     let madt = table(mem, entries[1], b"APIC");
+    let mcfg = table(mem, entries[2], b"MCFG");
     let dsdt = table(mem, u64_at(&fadt, 140), b"DSDT");
     let facs_addr = u64_at(&fadt, 132);
     Tables {
         fadt,
         madt,
+        mcfg,
         dsdt,
         facs_addr,
     }
@@ -173,6 +176,46 @@ fn dsdt_has_s5_and_pvpanic() {
     assert!(find(&[
         0x86, 0x09, 0x00, 0x00, 0, 0, 0, 0xe0, 0, 0, 0, 0x10
     ]));
+}
+
+#[test]
+fn mcfg_points_at_the_ecam_window() {
+    let mem = mem();
+    let t = tables(&mem, 1);
+    let m = &t.mcfg;
+    assert_eq!(m.len(), 44 + 16, "header, reserved, one allocation");
+    assert_eq!(u64_at(m, 44), ECAM_START);
+    assert_eq!(u16_at(m, 52), 0, "segment 0");
+    assert_eq!((m[54], m[55]), (0, 255), "buses 0..=255 = 256 MiB");
+    assert_eq!((u64::from(m[55]) + 1) << 20, ECAM_SIZE);
+}
+
+#[test]
+fn dsdt_describes_the_pci_host_bridge() {
+    let mem = mem();
+    let t = tables(&mem, 1);
+    let aml = &t.dsdt[36..];
+    let find = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+    assert!(find(b"PCI0"));
+    // _HID EISAID("PNP0A08") = 0x080ad041, _CID EISAID("PNP0A03") = 0x030ad041 (DWordPrefix).
+    assert!(find(&[
+        b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08
+    ]));
+    assert!(find(&[
+        b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03
+    ]));
+    // WordBusNumber: descriptor 0x88, length 13, type 2 (bus), ..., min 0, max 0.
+    assert!(find(&[0x88, 0x0d, 0x00, 0x02]));
+    // IO 0xcf8, length 8.
+    assert!(find(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]));
+    // DWordMemory: descriptor 0x87, type 0 (memory), min 0xC0000000, max 0xDFFFFFFF.
+    let dword_mem = aml
+        .windows(26)
+        .find(|w| w[0] == 0x87 && w[3] == 0)
+        .expect("a DWordMemory descriptor");
+    assert_eq!(u32_at(dword_mem, 10), 0xc000_0000);
+    assert_eq!(u32_at(dword_mem, 14), 0xdfff_ffff);
+    assert_eq!(u32_at(dword_mem, 22), 0x2000_0000, "length");
 }
 
 #[test]
