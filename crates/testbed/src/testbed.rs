@@ -244,8 +244,13 @@ impl Testbed {
         let initrd = self.initrd_for(&run_dir, outer::scenario_archive(&[], Some(script))?)?;
         let mut cmd =
             qemu::outer_command(Path::new(QEMU_BINARY), &self.assets.bzimage, &initrd, opts);
+        // -nodefaults leaves no serial port: put the outer console (with QEMU's Ctrl-A mux)
+        // on this terminal.
         cmd.args([
-            "-nographic",
+            "-display",
+            "none",
+            "-serial",
+            "mon:stdio",
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x01",
         ]);
