@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::{self as dm, PlatformDevices};
 use crate::exit::{ExitReason, ExitSignal};
+use crate::pci::PciBus;
 use crate::vcpu::{Control, Request, VcpuContext, VcpuHandle, VcpuMetrics};
 use crate::{convert, memory, Error};
 
@@ -50,6 +51,7 @@ pub struct Vm {
     io_bus: Bus,
     mmio_bus: Bus,
     devices: PlatformDevices,
+    pci: PciBus,
     exit: Arc<ExitSignal>,
     control: Arc<Control>,
     metrics: Arc<VcpuMetrics>,
@@ -85,6 +87,7 @@ impl Vm {
         let mmio_bus = Bus::new();
         let (below, above) = memory::split_at_4g(&mem);
         let devices = dm::create(&vm, &io_bus, exit.clone(), console, below, above)?;
+        let pci = PciBus::new(vm.clone(), mem.clone(), &io_bus, &mmio_bus)?;
         let (regs, sregs) = load_payload(&mem, &cfg.payload, files, cfg.cpus)?;
         let mut pending = Vec::with_capacity(cfg.cpus);
         for index in 0..cfg.cpus {
@@ -101,6 +104,7 @@ impl Vm {
             io_bus,
             mmio_bus,
             devices,
+            pci,
             exit,
             control: Arc::new(Control::new()),
             metrics: Arc::new(VcpuMetrics::default()),
@@ -117,6 +121,11 @@ impl Vm {
     /// The MMIO bus.
     pub fn mmio_bus(&self) -> &Bus {
         &self.mmio_bus
+    }
+
+    /// The PCI bus: add virtio devices here before [`Vm::start`].
+    pub fn pci(&mut self) -> &mut PciBus {
+        &mut self.pci
     }
 
     /// Guest memory.

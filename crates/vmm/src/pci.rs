@@ -1,0 +1,209 @@
+//! The PCI side of a VM: the root bus (ports 0xCF8 and ECAM), BAR and GSI allocation, and the
+//! virtio devices with their KVM plumbing (an ioeventfd per queue at its notify address, an
+//! irqfd per MSI-X vector bound to an MSI route).
+//!
+//! Devices are added after [`crate::Vm::new`] and before [`crate::Vm::start`]; each gets the
+//! next free slot, so the slot order is the order of the command line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use boot::layout::{ECAM_SIZE, ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use devices::pci::{
+    MsiMessage, MsiSink, PciConfigIo, PciConfigMmio, PciRoot, CONFIG_IO_BASE, CONFIG_IO_LEN,
+};
+use devices::virtio::block::Block;
+use devices::virtio::rng::Rng;
+use devices::virtio::{
+    msix_vectors, notify_address, VirtioDevice, VirtioPciDevice, VIRTIO_BAR_SIZE,
+};
+use devices::Bus;
+use hypervisor::{MsiRoute, FIRST_MSI_GSI};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::Error;
+
+/// A disk for virtio-blk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Its format, as given by the user (never probed).
+    pub format: storage::Format,
+    /// Open read-only and offer VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dev_err(name: &'static str) -> impl FnOnce(String) -> Error {
+    move |reason| Error::Device { name, reason }
+}
+
+/// The VM's MSI routes; every change rewrites KVM's whole table (pin routes first).
+struct RouteTable {
+    vm: Arc<hypervisor::Vm>,
+    routes: Mutex<BTreeMap<u32, MsiRoute>>,
+}
+
+impl RouteTable {
+    fn set(&self, route: MsiRoute) -> std::io::Result<()> {
+        let mut routes = lock(&self.routes);
+        routes.insert(route.gsi, route);
+        let all: Vec<MsiRoute> = routes.values().copied().collect();
+        self.vm.set_msi_routes(&all).map_err(std::io::Error::other)
+    }
+}
+
+/// One device's MSI-X vectors: vector i is GSI `gsis[i]`, raised through `irqfds[i]`.
+struct KvmMsi {
+    table: Arc<RouteTable>,
+    gsis: Vec<u32>,
+    irqfds: Vec<EventFd>,
+}
+
+fn no_vector(v: u16) -> std::io::Error {
+    std::io::Error::other(format!("MSI-X vector {v} does not exist"))
+}
+
+impl MsiSink for KvmMsi {
+    fn set_route(&self, vector: u16, msg: MsiMessage) -> std::io::Result<()> {
+        let gsi = *self
+            .gsis
+            .get(usize::from(vector))
+            .ok_or_else(|| no_vector(vector))?;
+        self.table.set(MsiRoute {
+            gsi,
+            address: msg.address,
+            data: msg.data,
+        })
+    }
+
+    fn fire(&self, vector: u16) -> std::io::Result<()> {
+        self.irqfds
+            .get(usize::from(vector))
+            .ok_or_else(|| no_vector(vector))?
+            .write(1)
+    }
+}
+
+/// The PCI root bus of a VM and the devices on it.
+pub struct PciBus {
+    vm: Arc<hypervisor::Vm>,
+    mem: GuestMemoryMmap,
+    root: Arc<Mutex<PciRoot>>,
+    routes: Arc<RouteTable>,
+    next_gsi: u32,
+    next_bar: u64,
+    devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+impl PciBus {
+    /// The root bus with its host bridge, reachable through ports 0xCF8..0xD00 on `io` and
+    /// the ECAM window on `mmio`.
+    pub(crate) fn new(
+        vm: Arc<hypervisor::Vm>,
+        mem: GuestMemoryMmap,
+        io: &Bus,
+        mmio: &Bus,
+    ) -> Result<Self, Error> {
+        let root = Arc::new(Mutex::new(PciRoot::new(mmio.clone())));
+        let cf8 = Arc::new(Mutex::new(PciConfigIo::new(root.clone())));
+        io.insert(cf8, CONFIG_IO_BASE, CONFIG_IO_LEN)
+            .map_err(|e| dev_err("pci")(e.to_string()))?;
+        let ecam = Arc::new(Mutex::new(PciConfigMmio::new(root.clone())));
+        mmio.insert(ecam, ECAM_START, ECAM_SIZE)
+            .map_err(|e| dev_err("pci")(e.to_string()))?;
+        let routes = Arc::new(RouteTable {
+            vm: vm.clone(),
+            routes: Mutex::new(BTreeMap::new()),
+        });
+        Ok(PciBus {
+            vm,
+            mem,
+            root,
+            routes,
+            next_gsi: FIRST_MSI_GSI,
+            next_bar: PCI_MMIO32_START,
+            devices: Vec::new(),
+        })
+    }
+
+    /// Adds a virtio-blk device serving `disk`.
+    pub fn add_disk(&mut self, disk: &DiskConfig) -> Result<(), Error> {
+        let opts = storage::OpenOptions {
+            writable: !disk.read_only,
+            ..Default::default()
+        };
+        let backend = storage::open_image(&disk.path, disk.format, &opts).map_err(|e| {
+            dev_err("virtio-blk")(format!("cannot open {}: {e}", disk.path.display()))
+        })?;
+        let serial = disk
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.add_virtio(Box::new(Block::new(backend, &serial)))
+    }
+
+    /// Adds a virtio-rng device.
+    pub fn add_rng(&mut self) -> Result<(), Error> {
+        self.add_virtio(Box::new(Rng::new()))
+    }
+
+    /// Number of virtio devices added.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn alloc_bar(&mut self, size: u64) -> Result<u64, Error> {
+        let addr = self.next_bar.next_multiple_of(size);
+        let end = addr
+            .checked_add(size)
+            .filter(|&e| e <= PCI_MMIO32_START + PCI_MMIO32_SIZE);
+        self.next_bar =
+            end.ok_or_else(|| dev_err("pci")("the 32-bit MMIO window is full".into()))?;
+        Ok(addr)
+    }
+
+    fn msi(&mut self, name: &'static str, vectors: u16) -> Result<KvmMsi, Error> {
+        let mut gsis = Vec::new();
+        let mut irqfds = Vec::new();
+        for _ in 0..vectors {
+            let gsi = self.next_gsi;
+            self.next_gsi += 1;
+            let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(name)(e.to_string()))?;
+            self.vm.register_msi_irqfd(&evt, gsi)?;
+            gsis.push(gsi);
+            irqfds.push(evt);
+        }
+        Ok(KvmMsi {
+            table: self.routes.clone(),
+            gsis,
+            irqfds,
+        })
+    }
+
+    fn add_virtio(&mut self, dev: Box<dyn VirtioDevice>) -> Result<(), Error> {
+        let name = dev.name();
+        let sink = Arc::new(self.msi(name, msix_vectors(dev.as_ref()))?);
+        let bar = self.alloc_bar(VIRTIO_BAR_SIZE)?;
+        let pci = VirtioPciDevice::new(dev, self.mem.clone(), sink, bar)
+            .map_err(|e| dev_err(name)(e.to_string()))?;
+        for (q, evt) in pci.queue_events().iter().enumerate() {
+            self.vm
+                .register_ioevent(evt, notify_address(bar, q as u16), None)?;
+        }
+        let pci = Arc::new(Mutex::new(pci));
+        let slot = lock(&self.root)
+            .add_device(pci.clone())
+            .map_err(|e| dev_err(name)(e.to_string()))?;
+        tracing::info!("{name} at PCI 00:{slot:02x}.0, BAR 0 at {bar:#x}");
+        self.devices.push(pci);
+        Ok(())
+    }
+}
