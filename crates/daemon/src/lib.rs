@@ -1,1 +1,14 @@
-//! thinvmd.
+//! thinvmd: keeps VM definitions and states in SQLite, runs one thinvm VMM process per VM,
+//! watches and restarts them, adopts them again after its own restart, and serves a REST API on
+//! a Unix socket.
+
+pub mod db;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod process;
+pub mod serve;
+pub mod supervisor;
+
+pub use serve::{run, ServeOptions};
+pub use supervisor::{Config, Daemon};

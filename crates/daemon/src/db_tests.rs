@@ -1,0 +1,93 @@
+use super::*;
+
+fn spec(name: &str) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        cpus: 1,
+        memory: 32 << 20,
+        kernel: "/k".into(),
+        initrd: None,
+        cmdline: None,
+        restart: RestartPolicy::OnFailure,
+        autostart: false,
+    }
+}
+
+pub fn temp_db(tag: &str) -> (PathBuf, Db) {
+    let dir = std::env::temp_dir().join(format!("thinvmd-db-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = Db::open(&dir.join("state.db")).unwrap();
+    (dir, db)
+}
+
+#[tokio::test]
+async fn rows_and_events_persist_across_reopen() {
+    let (dir, db) = temp_db("persist");
+    let (row, ev1) = db.insert(spec("a")).await.unwrap();
+    assert_eq!(row.status.state, State::Defined);
+    assert!(matches!(
+        db.insert(spec("a")).await,
+        Err(DbError::Exists(_))
+    ));
+    let mut c = Change::to(State::Running, "started");
+    c.process = Some(Some((1234, 99)));
+    c.restarts = Some(2);
+    let (row, ev2) = db.update("a", c).await.unwrap();
+    assert_eq!(
+        (row.status.pid, row.start_time, row.status.restarts),
+        (Some(1234), Some(99), 2)
+    );
+    assert!(ev2.id > ev1.id);
+    db.insert(spec("b")).await.unwrap();
+    drop(db);
+    let db = Db::open(&dir.join("state.db")).unwrap();
+    let all = db.list().await.unwrap();
+    let names: Vec<_> = all.iter().map(|r| r.status.spec.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(all[0].status.state, State::Running);
+    assert_eq!(all[0].status.pid, Some(1234));
+    let evs = db.events_after(0, 100).await.unwrap();
+    assert_eq!(evs.len(), 3);
+    assert!(evs.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(db.events_after(ev2.id, 100).await.unwrap().len(), 1);
+    let journal: String = db
+        .tx(|t| {
+            Ok(t.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn delete_only_in_allowed_states_and_missing_vms() {
+    let (dir, db) = temp_db("delete");
+    db.insert(spec("a")).await.unwrap();
+    db.update("a", Change::to(State::Running, "x"))
+        .await
+        .unwrap();
+    let refused = db.delete("a", |s| !s.has_process()).await.unwrap();
+    assert_eq!(refused, Err(State::Running));
+    assert_eq!(db.get("a").await.unwrap().status.state, State::Running);
+    db.update("a", Change::to(State::Stopped, "x"))
+        .await
+        .unwrap();
+    assert!(db.delete("a", |s| !s.has_process()).await.unwrap().is_ok());
+    assert!(matches!(db.get("a").await, Err(DbError::NoSuchVm(_))));
+    assert!(matches!(
+        db.update("a", Change::to(State::Running, "x")).await,
+        Err(DbError::NoSuchVm(_))
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn restart_policy_table() {
+    assert!(!should_restart(RestartPolicy::Never, true));
+    assert!(should_restart(RestartPolicy::OnFailure, true));
+    assert!(!should_restart(RestartPolicy::OnFailure, false));
+    assert!(should_restart(RestartPolicy::Always, false));
+}
