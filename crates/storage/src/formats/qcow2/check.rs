@@ -54,9 +54,18 @@ impl Walk {
 impl Qcow2 {
     fn walk_l1(&mut self, w: &mut Walk, l1: &[u64], active: bool) -> Result<(), BlockError> {
         let step = if self.ext_l2 { 2 } else { 1 };
+        let mut seen = std::collections::HashSet::new();
         for (i, &e) in l1.iter().enumerate() {
             let off = e & L1_OFFSET_MASK;
             if off == 0 {
+                continue;
+            }
+            if !seen.insert(off) {
+                // Twice in one L1 table: an error, and no reason to read the table again.
+                w.refs.errors.push(format!(
+                    "L1 entry {i}: L2 table {off:#x} is already used by this L1 table"
+                ));
+                w.inc(off, self.cs, "L2 table");
                 continue;
             }
             if !off.is_multiple_of(self.cs) {

@@ -38,7 +38,7 @@ impl Qcow2 {
     /// Allocates one cluster (refcount written through, not yet synced); returns its index.
     pub(super) fn alloc_cluster(&mut self) -> Result<u64, BlockError> {
         for _ in 0..4 {
-            match self.rc.alloc(&*self.file) {
+            match self.rc.alloc(&*self.file, self.end.div_ceil(self.cs)) {
                 Ok(idx) => {
                     for b in self.rc.new_blocks.drain(..) {
                         self.meta.insert(b);

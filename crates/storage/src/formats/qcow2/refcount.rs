@@ -228,9 +228,19 @@ impl Refcounts {
 
     /// Allocates one free cluster (refcount 0 -> 1, cached until written back) and
     /// returns its index.
-    pub fn alloc(&mut self, file: &dyn ImageFile) -> Result<u64, AllocError> {
+    /// `end` is the end of the file in clusters: refcounts claiming clusters far past it are
+    /// corruption, not a reason to scan on.
+    pub fn alloc(&mut self, file: &dyn ImageFile, end: u64) -> Result<u64, AllocError> {
         let mut idx = self.hint.max(1);
         loop {
+            if idx > end.saturating_add(1 << 20) {
+                return Err(AllocError::Block(Self::corrupt(
+                    file,
+                    format!(
+                        "refcounts claim clusters far past the end of the file ({end} clusters)"
+                    ),
+                )));
+            }
             let off = match self.block_offset(file, idx)? {
                 None => return Err(AllocError::TableFull),
                 Some(o) => o,
