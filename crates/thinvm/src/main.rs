@@ -1,6 +1,7 @@
 //! The `thinvm` command.
 
 mod bench_host;
+mod disk_arg;
 mod image_cmd;
 mod nested;
 mod run;

@@ -46,6 +46,13 @@ pub struct RunArgs {
     /// Guest memory, e.g. 512M or 2G (binary units).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
+    /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on]`; repeatable. The format
+    /// is raw unless given (never probed from the file).
+    #[arg(long = "disk", value_name = "SPEC", value_parser = crate::disk_arg::parse_disk)]
+    pub disks: Vec<vmm::DiskConfig>,
+    /// Add a virtio-rng device fed from the host's getrandom (the guest's /dev/hwrng).
+    #[arg(long)]
+    pub rng: bool,
     /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
     #[arg(long, value_enum, default_value = "auto")]
     pub testbed: TestbedMode,
@@ -91,6 +98,12 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         }
         _ => false,
     };
+    if use_testbed && (!args.disks.is_empty() || args.rng) {
+        return Err(anyhow::anyhow!(
+            "--disk and --rng are not passed into the nested testbed yet: run thinvm inside it"
+        )
+        .into());
+    }
     if use_testbed {
         return crate::nested::run_in_testbed(&args);
     }
@@ -124,6 +137,10 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
     };
     let console: Box<dyn Write + Send> = Box::new(std::io::stdout());
     let mut vm = Vm::new(&cfg, console).map_err(|e| Failure {
+        code: if e.is_bad_input() { 2 } else { 5 },
+        error: e.into(),
+    })?;
+    crate::disk_arg::attach(&mut vm, &args.disks, args.rng).map_err(|e| Failure {
         code: if e.is_bad_input() { 2 } else { 5 },
         error: e.into(),
     })?;
