@@ -3,6 +3,7 @@
 
 mod bench;
 mod e2e;
+mod selftest;
 mod smoke;
 
 use std::path::PathBuf;
@@ -25,6 +26,21 @@ struct Cli {
 enum Cmd {
     /// Boot the outer machine and run the guest with QEMU as inner VMM (`info.sh`).
     TestbedSmoke,
+    /// Check the testbed's machinery: statuses, timeout, fault retry, scratch disk, exit codes.
+    TestbedSelftest,
+    /// Boot the guest with thinvm in the testbed, interactively on this terminal; the exit code
+    /// is thinvm's. Arguments after `--` go to `thinvm run`.
+    TestbedRun {
+        /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
+        #[arg(long)]
+        thinvm: Option<PathBuf>,
+        /// vCPUs of the outer machine.
+        #[arg(long, default_value_t = 1)]
+        outer_smp: u32,
+        /// Arguments for `thinvm run` (after the guest kernel and initramfs).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Run the thinvm end-to-end scenarios in the testbed.
     E2e {
         /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
@@ -59,6 +75,26 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let ok = match cli.command {
         Cmd::TestbedSmoke => smoke::run(cli.echo)?,
+        Cmd::TestbedSelftest => selftest::run(cli.echo)?,
+        Cmd::TestbedRun {
+            thinvm,
+            outer_smp,
+            args,
+        } => {
+            let config = testbed::TestbedConfig {
+                outer: testbed::OuterSpec {
+                    thinvm: Some(thinvm_binary(thinvm)?),
+                    ..testbed::OuterSpec::default()
+                },
+                ..testbed::TestbedConfig::default()
+            };
+            let tb = testbed::Testbed::new(&config)?;
+            let opts = testbed::OuterOptions {
+                smp: outer_smp,
+                ..testbed::OuterOptions::default()
+            };
+            std::process::exit(tb.run_interactive(&opts, &args)?);
+        }
         Cmd::E2e { thinvm } => e2e::run(thinvm, cli.echo)?,
         Cmd::Bench {
             what:

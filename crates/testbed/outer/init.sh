@@ -3,7 +3,7 @@
 # scenarios in /scenarios/list ("NAME TIMEOUT_SECS" lines) with console markers
 #   @@THINVM-BEGIN NAME@@ ... [@@THINVM-TIMEOUT NAME@@] @@THINVM-END NAME rc=N@@
 # or, when /etc/thinvm-interactive exists, runs /scenarios/interactive.sh on the console tty
-# and reports its exit code through QEMU's isa-debug-exit device (port 0xf4).
+# and reports its exit code as @@THINVM-EXIT rc=N@@ on the console.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -21,14 +21,9 @@ for d in /sys/block/vd*; do
     [ -e "$d" ] && export SCRATCH_DISK="/dev/${d##*/}"
 done
 
-debug_exit() {
-    # QEMU exits with (value << 1) | 1.
-    printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
-}
-
 if [ ! -c /dev/kvm ]; then
     echo "@@THINVM-OUTER-ERROR no /dev/kvm@@"
-    [ -e /etc/thinvm-interactive ] && debug_exit 2
+    [ -e /etc/thinvm-interactive ] && echo "@@THINVM-EXIT rc=2@@"
     poweroff -f
 fi
 echo "@@THINVM-OUTER-READY@@"
@@ -37,7 +32,6 @@ if [ -e /etc/thinvm-interactive ]; then
     setsid cttyhack sh /scenarios/interactive.sh
     rc=$?
     echo "@@THINVM-EXIT rc=$rc@@"
-    debug_exit "$rc"
     poweroff -f
 fi
 

@@ -23,6 +23,5 @@ pub use markers::Status;
 pub use outer::OuterSpec;
 pub use qemu::OuterOptions;
 pub use testbed::{
-    decode_debug_exit, interactive_script, shell_quote, Scenario, ScenarioResult, Testbed,
-    TestbedConfig, TestbedError,
+    interactive_script, shell_quote, Scenario, ScenarioResult, Testbed, TestbedConfig, TestbedError,
 };

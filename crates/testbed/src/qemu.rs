@@ -134,6 +134,54 @@ pub fn run_captured(
     })
 }
 
+/// Runs `cmd` with the serial console (and QEMU's monitor mux) on this terminal: stdin is
+/// inherited, the output is passed through to stdout as it comes and copied to `log`. Returns
+/// the code of the `@@THINVM-EXIT rc=N@@` marker, if one was seen, and QEMU's exit status.
+pub fn run_passthrough(
+    mut cmd: Command,
+    log: &Path,
+) -> Result<(Option<i32>, Option<i32>), QemuError> {
+    cmd.args(["-display", "none", "-serial", "mon:stdio"])
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let line = format!("{cmd:?}");
+    let spawn_err = |source| QemuError::Spawn {
+        cmd: line.clone(),
+        source,
+    };
+    let log_err = |source| QemuError::Log {
+        path: log.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::create(log).map_err(log_err)?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let mut exit_rc = None;
+    if let Some(mut out) = child.stdout.take() {
+        let mut term = std::io::stdout();
+        let mut current = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+                break;
+            };
+            let _ = term.write_all(chunk).and_then(|()| term.flush());
+            file.write_all(chunk).map_err(log_err)?;
+            for &b in chunk {
+                if b == b'\n' {
+                    let text = String::from_utf8_lossy(&current);
+                    exit_rc = crate::markers::parse_console(&text).exit_rc.or(exit_rc);
+                    current.clear();
+                } else if current.len() < 4096 {
+                    current.push(b);
+                }
+            }
+        }
+    }
+    let status = child.wait().map_err(spawn_err)?;
+    Ok((exit_rc, status.code()))
+}
+
 /// Copies QEMU's stdout and stderr into the log; returns the stdout text when both close.
 fn spawn_copier(
     child: &mut Child,
@@ -236,6 +284,24 @@ mod tests {
         assert!(c.killed && c.exit_code.is_none());
         assert!(t.elapsed() < Duration::from_secs(10));
         assert!(c.console.contains("started"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passthrough_finds_the_exit_marker() {
+        let dir = std::env::temp_dir().join(format!("testbed-pass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo hi; printf '@@THINVM-EXIT rc=4@@\\r\\n'; echo bye",
+        ]);
+        assert_eq!(run_passthrough(cmd, &log).unwrap(), (Some(4), Some(0)));
+        assert!(std::fs::read_to_string(&log).unwrap().contains("bye"));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo no marker; exit 1"]);
+        assert_eq!(run_passthrough(cmd, &log).unwrap(), (None, Some(1)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -40,8 +40,10 @@ pub enum TestbedError {
     /// An interactive run needs the thinvm binary in the outer machine.
     #[error("interactive mode needs a thinvm binary (TestbedConfig.outer.thinvm)")]
     NoThinvm,
-    /// The interactive outer machine ended without reporting the VMM's exit code.
-    #[error("the outer machine ended without reporting the exit code (QEMU status {0:?})")]
+    /// The interactive outer machine ended without the `@@THINVM-EXIT rc=N@@` marker.
+    #[error(
+        "the outer machine ended without reporting the exit code (outer QEMU exit status {0:?})"
+    )]
     NoExitCode(Option<i32>),
 }
 
@@ -220,8 +222,11 @@ impl Testbed {
 
     /// Boots the outer machine with its serial console on this terminal, runs
     /// `thinvm run --kernel $GUEST_BZIMAGE --initrd $GUEST_INITRD ARGS...` on the outer console
-    /// tty, and returns thinvm's exit code. The code travels through QEMU's isa-debug-exit
-    /// device (port 0xf4): QEMU exits with `(code << 1) | 1`, decoded here.
+    /// tty, and returns thinvm's exit code. The outer console is passed through to this
+    /// terminal byte by byte (stdin stays the terminal; QEMU's Ctrl-A mux is active: Ctrl-A X
+    /// quits) and copied to a console.log; the outer /init prints `@@THINVM-EXIT rc=N@@` when
+    /// thinvm exits (the Debian kernel has no /dev/port, so QEMU's isa-debug-exit is out of
+    /// reach from a shell), and that marker gives the exit code.
     pub fn run_interactive(
         &self,
         opts: &OuterOptions,
@@ -242,24 +247,11 @@ impl Testbed {
         let _lock = FileLock::acquire(&self.assets.cache_dir.join("outer.lock"))?;
         let run_dir = self.new_run_dir()?;
         let initrd = self.initrd_for(&run_dir, outer::scenario_archive(&[], Some(script))?)?;
-        let mut cmd =
-            qemu::outer_command(Path::new(QEMU_BINARY), &self.assets.bzimage, &initrd, opts);
-        // -nodefaults leaves no serial port: put the outer console (with QEMU's Ctrl-A mux)
-        // on this terminal.
-        cmd.args([
-            "-display",
-            "none",
-            "-serial",
-            "mon:stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x01",
-        ]);
-        let status = cmd.status().map_err(|source| QemuError::Spawn {
-            cmd: format!("{cmd:?}"),
-            source,
-        })?;
+        let cmd = qemu::outer_command(Path::new(QEMU_BINARY), &self.assets.bzimage, &initrd, opts);
+        let log = run_dir.join("console.log");
+        let (rc, status) = qemu::run_passthrough(cmd, &log)?;
         let _ = std::fs::remove_file(&initrd);
-        decode_debug_exit(status.code()).ok_or(TestbedError::NoExitCode(status.code()))
+        rc.ok_or(TestbedError::NoExitCode(status))
     }
 
     fn new_run_dir(&self) -> Result<PathBuf, TestbedError> {
@@ -318,11 +310,6 @@ fn fault_note(report: &markers::ConsoleReport, cap: &qemu::Captured) -> String {
     }
 }
 
-/// QEMU's isa-debug-exit status `(code << 1) | 1` back to `code`; None for other statuses.
-pub fn decode_debug_exit(status: Option<i32>) -> Option<i32> {
-    status.filter(|s| s & 1 == 1).map(|s| s >> 1)
-}
-
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -340,15 +327,6 @@ pub fn interactive_script(thinvm_args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_exit_decoding() {
-        assert_eq!(decode_debug_exit(Some(1)), Some(0));
-        assert_eq!(decode_debug_exit(Some(7)), Some(3));
-        assert_eq!(decode_debug_exit(Some(9)), Some(4));
-        assert_eq!(decode_debug_exit(Some(0)), None);
-        assert_eq!(decode_debug_exit(None), None);
-    }
 
     #[test]
     fn interactive_script_quotes_arguments() {
