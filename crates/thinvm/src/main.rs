@@ -6,6 +6,8 @@ mod image_cmd;
 mod nested;
 mod run;
 mod size;
+mod vmm_api;
+mod vmm_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +37,9 @@ enum Command {
     },
     /// Download Debian's kernel and build the default VM's initramfs (run by ./setup.sh).
     Prepare,
+    /// A VMM that serves the per-VM API (Cloud Hypervisor's /api/v1 subset) on a Unix socket and
+    /// waits for vm.create and vm.boot.
+    Vmm(vmm_cmd::VmmArgs),
     /// Host-side boot benchmark figures (start-up, exit round trip vs a bare KVM_RUN loop).
     #[command(hide = true)]
     BenchHost {
@@ -66,6 +71,7 @@ fn main() {
                 f.code
             }
         },
+        Command::Vmm(args) => report(vmm_cmd::run(args)),
         Command::BenchHost { rounds, exits } => report(bench_host::run(rounds, exits)),
         Command::BenchStartup => report(bench_host::startup_child()),
         Command::Prepare => report(nested::prepare()),

@@ -56,6 +56,9 @@ pub struct RunArgs {
     /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
     #[arg(long, value_enum, default_value = "auto")]
     pub testbed: TestbedMode,
+    /// Also serve the per-VM API (Cloud Hypervisor's /api/v1 subset) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
 }
 
 /// An error with its exit code (2 = bad input or unusable host, 5 = internal).
@@ -157,11 +160,39 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         code: 5,
         error: e.into(),
     })?;
-    let reason = vm.wait();
+    let reason = match &args.api_socket {
+        Some(socket) => crate::vmm_cmd::serve_running(&vm, api_config(&cfg), socket)?,
+        None => vm.wait(),
+    };
     drop(input);
     drop(vm);
     drop(raw);
     let _ = std::io::stdout().flush();
     eprintln!("thinvm: {}", reason.describe());
     Ok(reason.exit_code())
+}
+
+/// The per-VM API's view of a VM started from the command line.
+fn api_config(cfg: &VmConfig) -> api::ch::VmConfig {
+    let payload = match &cfg.payload {
+        Payload::Linux {
+            kernel,
+            initrd,
+            cmdline,
+        } => api::ch::PayloadConfig {
+            kernel: Some(kernel.display().to_string()),
+            initramfs: initrd.as_ref().map(|p| p.display().to_string()),
+            cmdline: Some(cmdline.clone()),
+        },
+        Payload::Raw { .. } => api::ch::PayloadConfig::default(),
+    };
+    let mut c = api::ch::VmConfig::with_payload(payload);
+    let cpus = u8::try_from(cfg.cpus).unwrap_or(u8::MAX);
+    c.cpus = api::ch::CpusConfig {
+        boot_vcpus: cpus,
+        max_vcpus: cpus,
+    };
+    c.memory.size = cfg.memory;
+    c.serial.mode = api::ch::ConsoleMode::Tty;
+    c
 }
