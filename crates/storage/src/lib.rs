@@ -9,6 +9,7 @@ pub mod file;
 pub mod formats;
 pub mod fuzz_api;
 pub mod io;
+pub mod memfile;
 pub mod ops;
 pub mod recording;
 

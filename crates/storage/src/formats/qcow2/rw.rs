@@ -322,14 +322,23 @@ impl Qcow2 {
             return self.file.write_checked(data, h);
         }
         let base = guest - in_cl;
-        let mut cluster = vec![0u8; self.cs as usize];
-        if data.len() as u64 != self.cs {
-            let n = (self.h.size - base).min(self.cs) as usize;
-            self.read_into(&mut cluster[..n], base)?;
-        }
-        cluster[in_cl as usize..in_cl as usize + data.len()].copy_from_slice(data);
         let new = self.alloc_cluster()? << self.h.cluster_bits;
-        self.file.write_checked(&cluster, new)?;
+        // The old content is all zero and the new cluster lies past the end of the file (so
+        // it reads as zeroes): only the data needs writing, as QEMU does.
+        let zero_before = old & COMPRESSED == 0
+            && ((self.h.version >= 3 && old & ZERO_FLAG != 0)
+                || (host == 0 && self.backing.as_ref().is_none_or(|b| base >= b.size())));
+        if zero_before && new >= self.file.len_checked()? {
+            self.file.write_checked(data, new + in_cl)?;
+        } else {
+            let mut cluster = vec![0u8; self.cs as usize];
+            if data.len() as u64 != self.cs {
+                let n = (self.h.size - base).min(self.cs) as usize;
+                self.read_into(&mut cluster[..n], base)?;
+            }
+            cluster[in_cl as usize..in_cl as usize + data.len()].copy_from_slice(data);
+            self.file.write_checked(&cluster, new)?;
+        }
         self.set_l2_entry(l2off, l2i, new | COPIED)?;
         if old & COMPRESSED != 0 || host != 0 {
             self.pending_free.push(old);
