@@ -46,6 +46,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .with_state(d)
 }
 
+/// Only `GET /metrics`, for the optional TCP listener.
+pub fn metrics_router(d: Arc<Daemon>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(d)
+}
+
 fn checked(name: &str) -> Res<()> {
     api::daemon::check_name(name).map_err(ApiError::bad_request)
 }

@@ -15,6 +15,9 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// The group allowed to connect besides root and the daemon's user (`thinvm` by default).
     pub group: Option<String>,
+    /// An optional TCP address serving only `GET /metrics` (Prometheus cannot scrape a Unix
+    /// socket).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Running the daemon failed.
@@ -67,6 +70,15 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
         }
     }
     let listener = CheckedListener::new(listener, allow_user_or_group(gid));
+    if let Some(addr) = opts.metrics_listen {
+        let tcp = tokio::net::TcpListener::bind(addr).await?;
+        let metrics = crate::http::metrics_router(Arc::clone(&daemon));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, metrics).await {
+                tracing::error!("the metrics listener failed: {e}");
+            }
+        });
+    }
     tracing::info!(socket = %opts.socket.display(), "thinvmd is serving");
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());

@@ -1,11 +1,13 @@
 //! The `thinvm` command.
 
 mod bench_host;
+mod daemon_cmd;
 mod disk_arg;
 mod image_cmd;
 mod nested;
 mod run;
 mod size;
+mod vm_cmd;
 mod vmm_api;
 mod vmm_cmd;
 
@@ -40,6 +42,11 @@ enum Command {
     /// A VMM that serves the per-VM API (Cloud Hypervisor's /api/v1 subset) on a Unix socket and
     /// waits for vm.create and vm.boot.
     Vmm(vmm_cmd::VmmArgs),
+    /// Run thinvmd, the host service, in the foreground.
+    Daemon(daemon_cmd::DaemonArgs),
+    /// Manage the daemon's VMs: create, list, show, start, stop, kill, delete, pause, resume,
+    /// logs, console.
+    Vm(vm_cmd::VmArgs),
     /// Host-side boot benchmark figures (start-up, exit round trip vs a bare KVM_RUN loop).
     #[command(hide = true)]
     BenchHost {
@@ -72,6 +79,8 @@ fn main() {
             }
         },
         Command::Vmm(args) => report(vmm_cmd::run(args)),
+        Command::Daemon(args) => report(daemon_cmd::run(args)),
+        Command::Vm(args) => report(vm_cmd::run(args)),
         Command::BenchHost { rounds, exits } => report(bench_host::run(rounds, exits)),
         Command::BenchStartup => report(bench_host::startup_child()),
         Command::Prepare => report(nested::prepare()),
