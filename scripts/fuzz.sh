@@ -12,7 +12,7 @@ if ! rustup toolchain list | grep -q nightly; then
     echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
     exit 1
 fi
-for dir in fuzz; do
+for dir in fuzz crates/boot/fuzz; do
     [ -x "$dir/seed.sh" ] && "$dir/seed.sh"
     for target in $(cd "$dir" && cargo +nightly fuzz list); do
         echo "fuzz: $dir/$target for ${SECS}s"
