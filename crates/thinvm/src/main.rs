@@ -61,8 +61,6 @@ enum Command {
 }
 
 fn main() {
-    // Before any thread exists, so every thread inherits the mask.
-    vmm::signals::block_stop_signals();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

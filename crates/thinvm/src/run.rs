@@ -138,6 +138,9 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         cpus: args.cpus,
         memory: args.memory,
     };
+    // Before the VM's threads exist, so they all inherit the mask (and only the VM path blocks
+    // them: child processes such as the testbed's QEMU must not inherit a blocked SIGTERM).
+    vmm::signals::block_stop_signals();
     let console: Box<dyn Write + Send> = Box::new(std::io::stdout());
     let mut vm = Vm::new(&cfg, console).map_err(|e| Failure {
         code: if e.is_bad_input() { 2 } else { 5 },
