@@ -84,19 +84,14 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     let host = vmm::probe_host();
     let use_testbed = match (args.testbed, host) {
         (TestbedMode::Always, _) => true,
-        (TestbedMode::Auto, HostKvm::Pvm) => true,
-        (TestbedMode::Never, HostKvm::Pvm) => {
-            return Err(anyhow::anyhow!(
-                "this host's /dev/kvm is a PVM (kvm_pvm): it emulates guest kernel code and cannot \
-                 boot an unmodified Linux kernel; use --testbed auto to run inside the nested testbed"
-            )
-            .into())
-        }
+        // The default VM goes into the testbed; a user's kernel is checked (built into a VM)
+        // first, so bad input gets its own error, then refused with the PVM explanation.
+        (TestbedMode::Auto, HostKvm::Pvm) => args.kernel.is_none(),
         (_, HostKvm::Absent) => {
             return Err(anyhow::anyhow!(
-                "/dev/kvm does not exist: load kvm_intel or kvm_amd, or run inside a VM with nested \
+            "/dev/kvm does not exist: load kvm_intel or kvm_amd, or run inside a VM with nested \
                  virtualization"
-            )
+        )
             .into())
         }
         _ => false,
@@ -150,6 +145,14 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         code: if e.is_bad_input() { 2 } else { 5 },
         error: e.into(),
     })?;
+    if vmm::probe_host() == HostKvm::Pvm {
+        return Err(anyhow::anyhow!(
+            "this host's /dev/kvm is a PVM (kvm_pvm): it emulates guest kernel code and cannot \
+             boot an unmodified Linux kernel; `thinvm run` without --kernel runs the default VM \
+             inside the nested testbed"
+        )
+        .into());
+    }
     vmm::signals::watch_stop_signals(vm.exit_signal().clone())?;
     let stdin = std::io::stdin().as_raw_fd();
     let raw = RawTerminal::enable(stdin)?;
