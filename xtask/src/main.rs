@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Boot the outer machine and run the guest with QEMU as inner VMM (`info.sh`).
     TestbedSmoke,
+    /// Prepare the testbed only (host packages, kernel download, images): CI's dependency step.
+    TestbedPrepare,
     /// Check the testbed's machinery: statuses, timeout, fault retry, scratch disk, exit codes.
     TestbedSelftest,
     /// Boot the guest with thinvm in the testbed, interactively on this terminal; the exit code
@@ -75,6 +77,24 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let ok = match cli.command {
         Cmd::TestbedSmoke => smoke::run(cli.echo)?,
+        Cmd::TestbedPrepare => {
+            let config = testbed::TestbedConfig {
+                outer: testbed::OuterSpec {
+                    with_qemu: true,
+                    ..testbed::OuterSpec::default()
+                },
+                ..testbed::TestbedConfig::default()
+            };
+            let tb = testbed::Testbed::new(&config)?;
+            let a = tb.assets();
+            println!(
+                "kernel {} ({}), cache {}",
+                a.kernel_release,
+                a.bzimage.display(),
+                a.cache_dir.display()
+            );
+            true
+        }
         Cmd::TestbedSelftest => selftest::run(cli.echo)?,
         Cmd::TestbedRun {
             thinvm,

@@ -149,6 +149,22 @@ fn download(dir: &Path, name: &str, version: &str) -> Result<PathBuf, AssetsErro
     Ok(file)
 }
 
+/// The most recently downloaded metapackage in `dir`, if any.
+fn newest_cached_meta(dir: &Path) -> Option<PathBuf> {
+    let prefix = format!("{KERNEL_METAPACKAGE}_");
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()?;
+    tracing::warn!(
+        "apt-cache has no {KERNEL_METAPACKAGE}: using cached {}",
+        newest.1.display()
+    );
+    Some(newest.1)
+}
+
 impl Assets {
     /// Ensures host packages, the kernel package (downloaded once) and the vmlinux.
     pub fn ensure(cache_dir: &Path) -> Result<Self, AssetsError> {
@@ -156,8 +172,11 @@ impl Assets {
         let debs = cache_dir.join("debs");
         cache::ensure_dir(&debs)?;
         let _lock = FileLock::acquire(&cache_dir.join("assets.lock"))?;
-        let meta_version = apt_field(KERNEL_METAPACKAGE, "Version")?;
-        let meta = download(&debs, KERNEL_METAPACKAGE, &meta_version)?;
+        let meta = match apt_field(KERNEL_METAPACKAGE, "Version") {
+            Ok(version) => download(&debs, KERNEL_METAPACKAGE, &version)?,
+            // No apt lists (offline, no `apt-get update`): use the newest cached metapackage.
+            Err(e) => newest_cached_meta(&debs).ok_or(e)?,
+        };
         let depends = run(Command::new("dpkg-deb").arg("-f").arg(&meta).arg("Depends"))?;
         let (name, version) = parse_depends(&depends).ok_or_else(|| {
             AssetsError::Metadata(format!("no versioned kernel in `{}`", depends.trim()))

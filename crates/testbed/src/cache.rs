@@ -149,6 +149,34 @@ pub fn file_sha256(path: &Path) -> Result<String, CacheError> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// Removes all but the `keep` most recently modified entries of `dir` whose names start with
+/// `prefix` (files or directories). Best effort: errors are ignored.
+pub fn prune(dir: &Path, prefix: &str, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, path) in found.into_iter().skip(keep) {
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
+/// Marks a cached file as just used (its mtime), so [`prune`] keeps it.
+pub fn touch(path: &Path) {
+    if let Ok(f) = File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// An exclusive `flock` on a file; released when dropped (the fd closes).
 #[derive(Debug)]
 pub struct FileLock {
@@ -208,6 +236,30 @@ mod tests {
         c.add_str("ab").add_str("c");
         assert_eq!(a.hex(), c.hex());
         assert_eq!(a.hex().len(), 64);
+    }
+
+    #[test]
+    fn prune_keeps_the_newest() {
+        let dir = std::env::temp_dir().join(format!("testbed-prune-{}", std::process::id()));
+        ensure_dir(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for i in 0..5u64 {
+            let f = dir.join(format!("img-{i}"));
+            std::fs::write(&f, b"x").unwrap();
+            let file = File::options().append(true).open(&f).unwrap();
+            file.set_modified(t0 + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        std::fs::write(dir.join("other"), b"y").unwrap();
+        touch(&dir.join("img-0"));
+        prune(&dir, "img-", 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["img-0", "img-4", "other"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -216,9 +216,13 @@ pub fn cached(a: &Archive, domain: &str, cache_dir: &Path) -> Result<PathBuf, Im
         "{domain}-{}.cpio.gz",
         key.get(..20).unwrap_or(&key)
     ));
-    if !path.exists() {
+    if path.exists() {
+        cache::touch(&path);
+    } else {
         tracing::info!("building {}", path.display());
         a.write_gz(&path)?;
+        // Keep the few most recently used images of this kind (e.g. one per thinvm build).
+        cache::prune(&dir, &format!("{domain}-"), 4);
     }
     Ok(path)
 }

@@ -259,11 +259,9 @@ impl Testbed {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let dir = self
-            .assets
-            .cache_dir
-            .join("runs")
-            .join(format!("{stamp}-{}", std::process::id()));
+        let runs = self.assets.cache_dir.join("runs");
+        cache::prune(&runs, "", 30);
+        let dir = runs.join(format!("{stamp}-{}", std::process::id()));
         cache::ensure_dir(&dir)?;
         Ok(dir)
     }
