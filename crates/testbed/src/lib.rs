@@ -2,7 +2,8 @@
 //!
 //! An outer QEMU (TCG, `-cpu max` with SVM) boots Debian's cloud kernel with kvm-amd; its
 //! initramfs carries the VMM under test, the guest kernel and a guest initramfs, and runs
-//! scenario scripts with begin/end markers on the console. See [`Testbed`].
+//! scenario scripts with begin/end markers on the console. See [`Testbed`] and the crate's
+//! README.md (how it works, the xtask commands, the scenario script contract).
 
 pub mod assets;
 pub mod cache;
