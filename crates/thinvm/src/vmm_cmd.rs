@@ -179,17 +179,18 @@ fn drive(vm: &Vm, rx: &Receiver<Cmd>, shared: &Shared, stop: &ExitSignal) -> End
 
 /// Records the end: state, exit file, owed answers.
 fn finish(shared: &Shared, end: &End, exit_file: Option<&Path>) {
+    eprintln!("thinvm: {}", end.reason.describe());
+    // The file first: whoever sees the Shutdown state can read why.
+    if let Some(path) = exit_file {
+        if let Err(e) = write_exit_file(path, &end.reason) {
+            tracing::error!("cannot write the exit file {}: {e:#}", path.display());
+        }
+    }
     {
         let mut st = shared.lock();
         st.state = VmState::Shutdown;
         if end.delete {
             st.config = None;
-        }
-    }
-    eprintln!("thinvm: {}", end.reason.describe());
-    if let Some(path) = exit_file {
-        if let Err(e) = write_exit_file(path, &end.reason) {
-            tracing::error!("cannot write the exit file {}: {e:#}", path.display());
         }
     }
     for r in &end.replies {

@@ -250,6 +250,16 @@ pub fn spec(name: &str, dir: &Path, guest: &str, restart: &str) -> Value {
 
 /// Reads `n` server-sent events from `/v1/events` (resuming after `last_id`).
 pub async fn read_sse(c: &Client, last_id: Option<i64>, n: usize) -> Vec<Value> {
+    read_sse_idle(c, last_id, n, Duration::from_secs(5)).await
+}
+
+/// As [`read_sse`], stopping early once the stream is quiet for `idle`.
+pub async fn read_sse_idle(
+    c: &Client,
+    last_id: Option<i64>,
+    n: usize,
+    idle: Duration,
+) -> Vec<Value> {
     use http_body_util::BodyExt;
     let id = last_id.map(|i| i.to_string());
     let headers: Vec<(&str, &str)> = id.iter().map(|i| ("last-event-id", i.as_str())).collect();
@@ -258,7 +268,9 @@ pub async fn read_sse(c: &Client, last_id: Option<i64>, n: usize) -> Vec<Value> 
     let mut body = resp.into_body();
     let mut text = String::new();
     loop {
-        let events: Vec<Value> = text
+        // Only whole lines: a frame may end mid-line.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let events: Vec<Value> = whole
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .map(|d| serde_json::from_str(d).unwrap())
@@ -266,7 +278,7 @@ pub async fn read_sse(c: &Client, last_id: Option<i64>, n: usize) -> Vec<Value> 
         if events.len() >= n {
             return events.into_iter().take(n).collect();
         }
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+        let frame = tokio::time::timeout(idle, body.frame()).await;
         let Ok(Some(Ok(frame))) = frame else {
             return events;
         };
