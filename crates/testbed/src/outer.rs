@@ -51,6 +51,9 @@ pub struct OuterSpec {
     pub thinvm: Option<PathBuf>,
     /// More host binaries, shipped at the same path with their libraries.
     pub extra_binaries: Vec<PathBuf>,
+    /// More host files as (host path, absolute path in the outer machine), e.g. a user's own
+    /// kernel and initramfs for an interactive run.
+    pub extra_files: Vec<(PathBuf, String)>,
 }
 
 impl Default for OuterSpec {
@@ -60,6 +63,7 @@ impl Default for OuterSpec {
             with_qemu: false,
             thinvm: None,
             extra_binaries: Vec::new(),
+            extra_files: Vec::new(),
         }
     }
 }
@@ -137,7 +141,8 @@ pub fn base_layer(
     images::cached(&a, "outer-base", &assets.cache_dir)
 }
 
-/// The VMM layer: thinvm and the extra binaries with their libraries (None if empty).
+/// The VMM layer: thinvm and the extra binaries with their libraries, and the extra files
+/// (None if there is nothing to ship).
 pub fn vmm_layer(assets: &Assets, spec: &OuterSpec) -> Result<Option<PathBuf>, ImageError> {
     let mut a = Archive::new();
     if let Some(thinvm) = &spec.thinvm {
@@ -146,7 +151,17 @@ pub fn vmm_layer(assets: &Assets, spec: &OuterSpec) -> Result<Option<PathBuf>, I
     for bin in &spec.extra_binaries {
         images::add_binary(&mut a, bin, &bin.to_string_lossy())?;
     }
-    if spec.thinvm.is_none() && spec.extra_binaries.is_empty() {
+    for (host, dest) in &spec.extra_files {
+        if !host.is_file() {
+            let path = host.clone();
+            return Err(ImageError::Missing {
+                what: "file for the outer machine",
+                path,
+            });
+        }
+        a.file(dest, Source::Path(host.clone()), 0o644);
+    }
+    if spec.thinvm.is_none() && spec.extra_binaries.is_empty() && spec.extra_files.is_empty() {
         return Ok(None);
     }
     images::cached(&a, "outer-vmm", &assets.cache_dir).map(Some)
@@ -211,6 +226,41 @@ mod tests {
         let a = scenario_archive(&[], Some("exec true\n")).unwrap();
         assert!(a.contains("etc/thinvm-interactive") && a.contains("scenarios/interactive.sh"));
         assert!(scenario_archive(&[s("../x", 5)], None).is_err());
+    }
+
+    #[test]
+    fn vmm_layer_ships_extra_files_and_refuses_missing_ones() {
+        let dir = std::env::temp_dir().join(format!("testbed-vmm-layer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let assets = Assets {
+            cache_dir: dir.clone(),
+            kernel_release: "r".into(),
+            bzimage: PathBuf::new(),
+            vmlinux: PathBuf::new(),
+            modules_dir: PathBuf::new(),
+            busybox: PathBuf::new(),
+        };
+        assert!(vmm_layer(&assets, &OuterSpec::default()).unwrap().is_none());
+        let kernel = dir.join("my-kernel");
+        std::fs::write(&kernel, b"kernel bytes").unwrap();
+        let mut spec = OuterSpec::default();
+        spec.extra_files.push((kernel, "/user/kernel".into()));
+        let layer = vmm_layer(&assets, &spec).unwrap().unwrap();
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(&layer)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("user/kernel") && text.contains("kernel bytes"),
+            "{text}"
+        );
+        spec.extra_files.push((dir.join("missing"), "/x".into()));
+        let err = vmm_layer(&assets, &spec).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
