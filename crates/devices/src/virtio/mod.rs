@@ -11,6 +11,7 @@
 
 pub mod block;
 mod common;
+pub mod fuzz;
 mod pci;
 pub mod rng;
 mod worker;

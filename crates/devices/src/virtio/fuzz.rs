@@ -1,0 +1,88 @@
+//! Entry points for fuzzing the device request parsing and queue handling (the cargo-fuzz
+//! targets in crates/devices/fuzz call these; a short mutation run is part of the unit tests).
+//!
+//! The input is guest memory: a split virtqueue of 16 entries whose descriptor table, avail ring
+//! and used ring sit at fixed addresses inside it, so the fuzzer controls every descriptor, index
+//! and buffer. The device serves whatever is available; errors are fine, panics are not.
+
+use std::sync::Arc;
+
+use storage::file::MemFile;
+use storage::formats::raw::Raw;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::block::serve_for_fuzz;
+use super::rng::serve_chain;
+use super::{InterruptKind, VirtioInterrupt};
+
+/// Guest memory size of the fuzz targets.
+pub const FUZZ_MEM: usize = 0x4_0000;
+/// Descriptor table address.
+pub const DESC: u64 = 0x0;
+/// Avail ring address.
+pub const AVAIL: u64 = 0x100;
+/// Used ring address.
+pub const USED: u64 = 0x200;
+/// Queue size.
+pub const QUEUE: u16 = 16;
+/// Size of the in-memory disk.
+pub const DISK: usize = 0x1_0000;
+
+/// An interrupt that goes nowhere.
+pub struct NoInterrupt;
+
+impl VirtioInterrupt for NoInterrupt {
+    fn trigger(&self, _kind: InterruptKind) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Guest memory holding `data` from address 0 (cut to [`FUZZ_MEM`]).
+pub fn memory(data: &[u8]) -> GuestMemoryMmap {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), FUZZ_MEM)])
+        .expect("a small anonymous mapping");
+    let n = data.len().min(FUZZ_MEM);
+    mem.write_slice(&data[..n], GuestAddress(0))
+        .expect("the data fits the memory");
+    mem
+}
+
+/// The fuzzed queue, ready.
+pub fn queue() -> Queue {
+    let mut q = Queue::new(QUEUE).expect("16 is a valid queue size");
+    q.set_desc_table_address(Some(DESC as u32), Some(0));
+    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+    q.set_used_ring_address(Some(USED as u32), Some(0));
+    q.set_ready(true);
+    q
+}
+
+/// virtio-blk: serves every available request of the guest memory `data` on a 64 KiB raw
+/// disk (read-only when the first byte is odd). Returns the number of requests returned.
+pub fn blk_queue(data: &[u8]) -> usize {
+    let read_only = data.first().is_some_and(|b| b & 1 == 1);
+    let file = MemFile::new(vec![0x33; DISK], "fuzz.raw");
+    let Ok(disk) = Raw::from_file(Box::new(file), read_only) else {
+        return 0;
+    };
+    serve_for_fuzz(memory(data), queue(), Box::new(disk), Arc::new(NoInterrupt))
+}
+
+/// virtio-rng: serves every available request. Returns the number of requests returned.
+pub fn rng_queue(data: &[u8]) -> usize {
+    let mem = memory(data);
+    let mut q = queue();
+    let mut served = 0;
+    while let Some(chain) = q.pop_descriptor_chain(&mem) {
+        let head = chain.head_index();
+        let n = serve_chain(&mem, chain).unwrap_or(0);
+        let _ = q.add_used(&mem, head, n);
+        served += 1;
+    }
+    served
+}
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod tests;

@@ -1,0 +1,92 @@
+//! A quick mutation run of the fuzz entry points: valid requests, then damaged copies of them.
+
+use super::*;
+
+/// xorshift64*: a deterministic stream for reproducible mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+fn put(m: &mut [u8], at: usize, b: &[u8]) {
+    m[at..at + b.len()].copy_from_slice(b);
+}
+
+fn desc(m: &mut [u8], i: usize, addr: u64, len: u32, flags: u16, next: u16) {
+    let at = DESC as usize + i * 16;
+    put(m, at, &addr.to_le_bytes());
+    put(m, at + 8, &len.to_le_bytes());
+    put(m, at + 12, &flags.to_le_bytes());
+    put(m, at + 14, &next.to_le_bytes());
+}
+
+/// Memory with two valid blk requests (a read and a write) available.
+fn blk_seed() -> Vec<u8> {
+    let mut m = vec![0u8; 0x8000];
+    put(
+        &mut m,
+        0x1000,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+    ); // IN sector 2
+    put(
+        &mut m,
+        0x1100,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0],
+    ); // OUT sector 3
+    desc(&mut m, 0, 0x1000, 16, 1, 1);
+    desc(&mut m, 1, 0x2000, 512, 3, 2);
+    desc(&mut m, 2, 0x3000, 1, 2, 0);
+    desc(&mut m, 3, 0x1100, 16, 1, 4);
+    desc(&mut m, 4, 0x4000, 1024, 1, 5);
+    desc(&mut m, 5, 0x3001, 1, 2, 0);
+    put(&mut m, AVAIL as usize + 2, &2u16.to_le_bytes());
+    put(&mut m, AVAIL as usize + 4, &0u16.to_le_bytes());
+    put(&mut m, AVAIL as usize + 6, &3u16.to_le_bytes());
+    m
+}
+
+fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut d = seed.to_vec();
+    for _ in 0..1 + rng.below(8) {
+        // Mostly in the rings and headers, sometimes anywhere.
+        let span = if rng.below(4) == 0 { d.len() } else { 0x1200 };
+        let at = rng.below(span as u64) as usize;
+        d[at] = match rng.below(4) {
+            0 => d[at] ^ (1 << rng.below(8)),
+            1 => 0xff,
+            2 => 0,
+            _ => rng.next() as u8,
+        };
+    }
+    d
+}
+
+#[test]
+fn seeds_are_served() {
+    assert_eq!(blk_queue(&blk_seed()), 2);
+    let mut m = vec![0u8; 0x2000];
+    desc(&mut m, 0, 0x1000, 64, 2, 0);
+    put(&mut m, AVAIL as usize + 2, &1u16.to_le_bytes());
+    assert_eq!(rng_queue(&m), 1);
+    assert_eq!(blk_queue(&[]), 0, "nothing available");
+}
+
+#[test]
+fn blk_and_rng_mutations_never_panic() {
+    let seed = blk_seed();
+    let mut rng = Rng(0x7468_696e_766d);
+    for _ in 0..3000 {
+        let d = mutate(&seed, &mut rng);
+        assert!(blk_queue(&d) <= usize::from(QUEUE));
+        assert!(rng_queue(&d) <= usize::from(QUEUE));
+    }
+}
