@@ -160,6 +160,13 @@ impl PciBus {
         self.devices.len()
     }
 
+    /// MSI-X counters of virtio device `index` (in the order added).
+    pub fn msix_stats(&self, index: usize) -> Option<devices::pci::MsixStats> {
+        let dev = self.devices.get(index)?;
+        let stats = lock(lock(dev).msix()).stats();
+        Some(stats)
+    }
+
     fn alloc_bar(&mut self, size: u64) -> Result<u64, Error> {
         let addr = self.next_bar.next_multiple_of(size);
         let end = addr

@@ -156,6 +156,17 @@ fn virtio_blk_read_through_the_bus_with_msix_routed_in_kvm() {
     let mut data = [0u8; 512];
     mem.read_slice(&mut data, GuestAddress(0x20000)).unwrap();
     assert!(data.iter().all(|&b| b == 7 ^ 0x5a));
+    // The completion interrupt went out through the irqfd, its route accepted by KVM.
+    let start = Instant::now();
+    while vm.pci().msix_stats(0).unwrap().fired == 0 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = vm.pci().msix_stats(0).unwrap();
+    assert_eq!(
+        (stats.fired, stats.errors, stats.pended),
+        (1, 0, 0),
+        "{stats:?}"
+    );
     drop(vm);
     std::fs::remove_file(disk).unwrap();
 }
