@@ -194,3 +194,51 @@ fn overlay_over_qcow2_and_raw() {
         );
     }
 }
+
+#[test]
+fn preallocated_images_and_refused_extended_l2_writes() {
+    if !have_qemu_img() {
+        return;
+    }
+    let s = Scratch::new("q2pre");
+    for (i, o) in [
+        "preallocation=metadata,cluster_size=4096",
+        "preallocation=falloc,cluster_size=65536",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let img = s.path(&format!("p{i}.qcow2"));
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", o, p(&img), "2M"],
+        );
+        let cs = if o.contains("4096") { 4096 } else { 65536 };
+        let mut mirror = vec![0u8; 2 << 20];
+        {
+            let mut d = open_image(&img, Format::Qcow2, &rw()).unwrap();
+            exercise(d.as_mut(), &mut mirror, cs, 500 + i as u64, 200, true);
+        }
+        qemu_agrees(&img, &mirror, &s);
+    }
+    let x = s.path("x.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            p(&x),
+            "1M",
+        ],
+    );
+    let e = open_image(&x, Format::Qcow2, &rw())
+        .err()
+        .expect("read-write open refused")
+        .to_string();
+    assert!(e.contains("extended L2"), "{e}");
+    assert!(open_image(&x, Format::Qcow2, &OpenOptions::default()).is_ok());
+}
