@@ -324,6 +324,12 @@ impl BlockBackend for Qcow2 {
             let pos = offset + done as u64;
             let n = ((self.cs - pos % self.cs) as usize).min(buf.len() - done);
             if n as u64 == self.cs {
+                // Entering another L2 table may evict (and write) a dirty one: data first.
+                if pos.is_multiple_of(self.cs << self.l2_bits) {
+                    if let Some((h, s, l)) = run.take() {
+                        self.file.write_checked(&buf[s..s + l], h)?;
+                    }
+                }
                 let host = self.place_full_cluster(pos)?;
                 run = match run {
                     Some((h, s, l)) if h + l as u64 == host => Some((h, s, l + n)),
