@@ -163,18 +163,24 @@ fn report(vmms: &[(&str, String)], samples: &BTreeMap<&str, Vec<Sample>>) {
             .and_then(|v| median(v.iter().map(|s| f(s) as f64).collect()))
     };
     for (label, _) in vmms {
-        let n = samples.get(label).map_or(0, Vec::len);
-        match (
+        let v = samples.get(label).map(Vec::as_slice).unwrap_or_default();
+        let (Some(t), Some(m)) = (
             med(label, |s| s.init_ms),
             med(label, |s| s.anon_kb + s.file_kb),
-        ) {
-            (Some(t), Some(m)) => println!(
-                "  {label:<13} to /init {:>7.2} s   VMM memory {:>7.1} MiB   ({n} samples)",
-                t / 1000.0,
-                m / 1024.0
-            ),
-            _ => println!("  {label:<13} no samples"),
-        }
+        ) else {
+            println!("  {label:<13} no samples");
+            continue;
+        };
+        let lo = v.iter().map(|s| s.init_ms).min().unwrap_or_default() as f64 / 1000.0;
+        let hi = v.iter().map(|s| s.init_ms).max().unwrap_or_default() as f64 / 1000.0;
+        let shmem = med(label, |s| s.shmem_kb).unwrap_or_default() / 1024.0;
+        println!(
+            "  {label:<13} to /init {:>6.2} s ({lo:.2}..{hi:.2})  VMM memory {:>6.1} MiB  \
+             (RssShmem {shmem:.0} MiB; {} samples)",
+            t / 1000.0,
+            m / 1024.0,
+            v.len()
+        );
     }
     for peer in ["qemu-pc", "qemu-microvm"] {
         let ratio = |f: fn(&Sample) -> i64| Some(med("thinvm", f)? / med(peer, f)?);
