@@ -211,28 +211,62 @@ pub fn info_json(chain: &[ImageInfo]) -> String {
 const CHUNK: u64 = 1 << 20;
 
 /// Copies the whole content of `src` (through its chain) into a new image at `dst`,
-/// writing only data that is not zero. `progress(done, total)` is called as it goes.
+/// writing only data that is not zero (qcow2 targets: deflate-compressed with `compress`).
+/// `progress(done, total)` is called as it goes.
 pub fn convert(
     src: &Path,
     src_format: Format,
     dst: &Path,
     dst_format: Format,
     cluster_size: Option<u64>,
+    compress: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), OpError> {
     let mut s = open_image(src, src_format, &OpenOptions::default())?;
     let size = s.size();
+    if compress && dst_format != Format::Qcow2 {
+        return Err(OpError::Invalid("compression needs a qcow2 target".into()));
+    }
     create_image(dst, dst_format, Some(size), None, cluster_size)?;
-    let mut d = open_image(
-        dst,
-        dst_format,
-        &OpenOptions {
-            writable: true,
-            ..OpenOptions::default()
-        },
-    )?;
+    let rw = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    if compress {
+        let mut q = crate::chain::open_qcow2(dst, &rw)?;
+        copy_compressed(s.as_mut(), &mut q, progress)?;
+        q.flush()?;
+        return Ok(());
+    }
+    let mut d = open_image(dst, dst_format, &rw)?;
     copy_data(s.as_mut(), d.as_mut(), false, progress)?;
     d.flush()?;
+    Ok(())
+}
+
+/// Copies `src` into the qcow2 `dst` one compressed cluster at a time, skipping zeroes.
+fn copy_compressed(
+    src: &mut dyn BlockBackend,
+    dst: &mut Qcow2,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), OpError> {
+    let size = src.size();
+    let cs = dst.cluster_size();
+    let mut buf = vec![0u8; cs as usize];
+    let mut pos = 0u64;
+    while pos < size {
+        let n = (size - pos).min(cs);
+        let ext = chain_extent(src, pos, n)?;
+        if !(ext.kind == ExtentKind::Zero && ext.len >= n) {
+            let b = &mut buf[..n as usize];
+            src.read_at(b, pos)?;
+            if b.iter().any(|&x| x != 0) {
+                dst.write_compressed(b, pos)?;
+            }
+        }
+        pos += n;
+        progress(pos, size);
+    }
     Ok(())
 }
 

@@ -242,3 +242,53 @@ fn preallocated_images_and_refused_extended_l2_writes() {
     assert!(e.contains("extended L2"), "{e}");
     assert!(open_image(&x, Format::Qcow2, &OpenOptions::default()).is_ok());
 }
+
+#[test]
+fn compressed_convert_then_overwrite() {
+    if !have_qemu_img() {
+        return;
+    }
+    let s = Scratch::new("q2comp");
+    let src = s.path("src.raw");
+    let data = patterned_raw(&src, 3 << 20, 1234);
+    for cs in [4096u64, 65536] {
+        let plain = s.path(&format!("plain{cs}.qcow2"));
+        let comp = s.path(&format!("comp{cs}.qcow2"));
+        let none = &mut |_, _| {};
+        storage::ops::convert(
+            &src,
+            Format::Raw,
+            &plain,
+            Format::Qcow2,
+            Some(cs),
+            false,
+            none,
+        )
+        .unwrap();
+        storage::ops::convert(
+            &src,
+            Format::Raw,
+            &comp,
+            Format::Qcow2,
+            Some(cs),
+            true,
+            none,
+        )
+        .unwrap();
+        let (sp, sc) = (
+            std::fs::metadata(&plain).unwrap().len(),
+            std::fs::metadata(&comp).unwrap().len(),
+        );
+        assert!(sc < sp * 9 / 10, "compressed {sc} bytes vs plain {sp}");
+        let (code, out) =
+            qemu_img_status(&["compare", "-f", "qcow2", "-F", "raw", p(&comp), p(&src)]);
+        assert_eq!(code, 0, "{out}");
+        let mut mirror = data.clone();
+        qemu_agrees(&comp, &mirror, &s);
+        {
+            let mut d = open_image(&comp, Format::Qcow2, &rw()).unwrap();
+            exercise(d.as_mut(), &mut mirror, cs, 900 + cs, 150, true);
+        }
+        qemu_agrees(&comp, &mirror, &s);
+    }
+}

@@ -65,6 +65,9 @@ pub enum ImageCommand {
         /// qcow2 cluster size of the target.
         #[arg(long)]
         cluster_size: Option<String>,
+        /// Compress the data (qcow2 target; deflate, readable by QEMU).
+        #[arg(long, short = 'c')]
+        compress: bool,
         /// Never show a progress bar.
         #[arg(long)]
         quiet: bool,
@@ -250,6 +253,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
             format,
             output_format,
             cluster_size,
+            compress,
             quiet,
             src,
             dst,
@@ -265,7 +269,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
             }
             let cs = cluster_size.as_deref().map(parse_size).transpose()?;
             let mut bar = progress(quiet);
-            ops::convert(&src, sfmt, &dst, dfmt, cs, &mut bar)?;
+            ops::convert(&src, sfmt, &dst, dfmt, cs, compress, &mut bar)?;
             Ok(0)
         }
         ImageCommand::Bench {

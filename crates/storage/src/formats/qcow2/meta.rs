@@ -166,6 +166,10 @@ impl Qcow2 {
             self.file.sync_checked()?;
         }
         let frees = std::mem::take(&mut self.pending_free);
+        if !frees.is_empty() {
+            // A freed host cluster may be reused: never pack more compressed data into it.
+            self.ctail = None;
+        }
         for e in &frees {
             self.free_entry(*e)?;
         }

@@ -8,6 +8,7 @@
 //! leaked clusters, and every flushed write in place.
 
 mod check;
+mod compress;
 mod create;
 pub mod header;
 mod l2;
@@ -110,6 +111,8 @@ pub struct Qcow2 {
     /// Cluster offsets of L2 tables and refcount blocks (never written as data).
     meta: HashSet<u64>,
     ccache: Option<(u64, Vec<u8>)>,
+    /// Host cluster being filled with compressed data, and the bytes used in it.
+    ctail: Option<(u64, u64)>,
 }
 
 /// How to open a qcow2 image.
@@ -181,6 +184,7 @@ impl Qcow2 {
             needs_sync: false,
             meta: HashSet::new(),
             ccache: None,
+            ctail: None,
             h,
         };
         q.rebuild_meta_set();
@@ -267,6 +271,46 @@ impl Qcow2 {
         self.file.allocated_bytes().unwrap_or(0)
     }
 
+    /// Writes guest data (the uncompressed path of every write).
+    fn write_at_plain(&mut self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
+        self.writable()?;
+        check_range(offset, buf.len() as u64, self.h.size)?;
+        // Whole clusters are placed first and their data written in contiguous runs.
+        let mut run: Option<(u64, usize, usize)> = None; // (host, start in buf, length)
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let n = ((self.cs - pos % self.cs) as usize).min(buf.len() - done);
+            if n as u64 == self.cs {
+                // Entering another L2 table may evict (and write) a dirty one: data first.
+                if pos.is_multiple_of(self.cs << self.l2_bits) {
+                    if let Some((h, s, l)) = run.take() {
+                        self.file.write_checked(&buf[s..s + l], h)?;
+                    }
+                }
+                let host = self.place_full_cluster(pos)?;
+                run = match run {
+                    Some((h, s, l)) if h + l as u64 == host => Some((h, s, l + n)),
+                    Some((h, s, l)) => {
+                        self.file.write_checked(&buf[s..s + l], h)?;
+                        Some((host, done, n))
+                    }
+                    None => Some((host, done, n)),
+                };
+            } else {
+                if let Some((h, s, l)) = run.take() {
+                    self.file.write_checked(&buf[s..s + l], h)?;
+                }
+                self.write_chunk(pos, &buf[done..done + n])?;
+            }
+            done += n;
+        }
+        if let Some((h, s, l)) = run {
+            self.file.write_checked(&buf[s..s + l], h)?;
+        }
+        Ok(())
+    }
+
     fn corrupt(&self, detail: String) -> BlockError {
         BlockError::Corrupt {
             path: self.file.path().to_path_buf(),
@@ -315,42 +359,7 @@ impl BlockBackend for Qcow2 {
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BlockError> {
-        self.writable()?;
-        check_range(offset, buf.len() as u64, self.h.size)?;
-        // Whole clusters are placed first and their data written in contiguous runs.
-        let mut run: Option<(u64, usize, usize)> = None; // (host, start in buf, length)
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let n = ((self.cs - pos % self.cs) as usize).min(buf.len() - done);
-            if n as u64 == self.cs {
-                // Entering another L2 table may evict (and write) a dirty one: data first.
-                if pos.is_multiple_of(self.cs << self.l2_bits) {
-                    if let Some((h, s, l)) = run.take() {
-                        self.file.write_checked(&buf[s..s + l], h)?;
-                    }
-                }
-                let host = self.place_full_cluster(pos)?;
-                run = match run {
-                    Some((h, s, l)) if h + l as u64 == host => Some((h, s, l + n)),
-                    Some((h, s, l)) => {
-                        self.file.write_checked(&buf[s..s + l], h)?;
-                        Some((host, done, n))
-                    }
-                    None => Some((host, done, n)),
-                };
-            } else {
-                if let Some((h, s, l)) = run.take() {
-                    self.file.write_checked(&buf[s..s + l], h)?;
-                }
-                self.write_chunk(pos, &buf[done..done + n])?;
-            }
-            done += n;
-        }
-        if let Some((h, s, l)) = run {
-            self.file.write_checked(&buf[s..s + l], h)?;
-        }
-        Ok(())
+        self.write_at_plain(buf, offset)
     }
 
     fn flush(&mut self) -> Result<(), BlockError> {

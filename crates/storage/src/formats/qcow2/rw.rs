@@ -194,7 +194,7 @@ impl Qcow2 {
     }
 
     /// The L2 table (offset, index) for a write to `guest`, allocating the table if needed.
-    fn l2_for_write(&mut self, guest: u64) -> Result<(u64, usize), BlockError> {
+    pub(super) fn l2_for_write(&mut self, guest: u64) -> Result<(u64, usize), BlockError> {
         let l1i = self.l1_index(guest);
         let l2i = self.l2_index(guest);
         let Some(&l1e) = self.l1.get(l1i) else {
