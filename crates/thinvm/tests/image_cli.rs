@@ -9,7 +9,6 @@ use std::process::Command;
 
 use clap::Parser;
 use image_cmd::{run, ImageCommand};
-use storage::BlockBackend;
 
 #[derive(Parser)]
 struct Cli {
