@@ -12,7 +12,9 @@ if ! rustup toolchain list | grep -q nightly; then
     echo "fuzz: the nightly toolchain is missing (rustup toolchain install nightly)" >&2
     exit 1
 fi
-for dir in fuzz crates/boot/fuzz; do
+# Every cargo-fuzz crate in the tree: fuzz/ (storage) and crates/*/fuzz/.
+for dir in fuzz crates/*/fuzz; do
+    [ -f "$dir/Cargo.toml" ] || continue
     [ -x "$dir/seed.sh" ] && "$dir/seed.sh"
     for target in $(cd "$dir" && cargo +nightly fuzz list); do
         echo "fuzz: $dir/$target for ${SECS}s"
