@@ -146,6 +146,19 @@ pub struct HostFile {
     file: File,
     path: PathBuf,
     direct: bool,
+    locked: bool,
+}
+
+impl Drop for HostFile {
+    fn drop(&mut self) {
+        // Unlock explicitly: a child forked by another thread may briefly share this open
+        // file description (until its exec), and would otherwise keep the lock alive.
+        if self.locked {
+            for byte in [LOCK_PERM_READ, LOCK_PERM_WRITE, LOCK_UNSHARE_WRITE] {
+                let _ = self.ofd_lock(libc::F_OFD_SETLK, libc::F_UNLCK as i16, byte);
+            }
+        }
+    }
 }
 
 // QEMU's lock bytes (block/file-posix.c layout): 100 + permission bit held, 200 + permission
@@ -167,10 +180,11 @@ impl HostFile {
             mode: if writable { "read-write" } else { "read-only" },
             source,
         })?;
-        let hf = HostFile {
+        let mut hf = HostFile {
             file,
             path: path.to_path_buf(),
             direct,
+            locked: false,
         };
         if writable {
             hf.lock_for_write()?;
@@ -191,16 +205,17 @@ impl HostFile {
                 mode: "create",
                 source,
             })?;
-        let hf = HostFile {
+        let mut hf = HostFile {
             file,
             path: path.to_path_buf(),
             direct: false,
+            locked: false,
         };
         hf.lock_for_write()?;
         Ok(hf)
     }
 
-    fn lock_for_write(&self) -> Result<(), OpenFileError> {
+    fn lock_for_write(&mut self) -> Result<(), OpenFileError> {
         for byte in [LOCK_PERM_WRITE, LOCK_UNSHARE_WRITE] {
             if self.conflicts(byte)? {
                 return Err(OpenFileError::Locked {
@@ -208,6 +223,7 @@ impl HostFile {
                 });
             }
         }
+        self.locked = true;
         for byte in [LOCK_PERM_READ, LOCK_PERM_WRITE, LOCK_UNSHARE_WRITE] {
             self.ofd_lock(libc::F_OFD_SETLK, libc::F_RDLCK as i16, byte)?;
         }
