@@ -175,7 +175,7 @@ impl Default for OpenOptions {
             writable: false,
             direct: false,
             allowed_dirs: None,
-            max_depth: 16,
+            max_depth: 64,
             l2_cache_bytes: 4 << 20,
         }
     }

@@ -17,6 +17,10 @@ pub enum DiskOp {
     Write,
     /// Flush: completes after every earlier request has completed and is durable.
     Flush,
+    /// Discard this many bytes (after every earlier request has completed).
+    Discard(u64),
+    /// Write zeroes over this many bytes (after every earlier request has completed).
+    WriteZeroes(u64),
 }
 
 /// One guest request.
@@ -94,7 +98,7 @@ impl AsyncDisk {
         let align = self.disk.alignment();
         let aligned = req.offset.is_multiple_of(align) && len.is_multiple_of(align);
         let direct = match req.op {
-            DiskOp::Flush => None,
+            DiskOp::Flush | DiskOp::Discard(_) | DiskOp::WriteZeroes(_) => None,
             op if aligned => match self.disk.host_range(req.offset, len, op == DiskOp::Write) {
                 Ok(r) => r,
                 Err(e) => {
@@ -127,6 +131,11 @@ impl AsyncDisk {
             DiskOp::Read => self.disk.read_at(req.buf.as_mut_slice(), req.offset),
             DiskOp::Write => self.disk.write_at(req.buf.as_slice(), req.offset),
             DiskOp::Flush => self.drain().and_then(|()| self.disk.flush()),
+            // Drained first: clusters they free must not have engine writes in flight.
+            DiskOp::Discard(n) => self.drain().and_then(|()| self.disk.discard(req.offset, n)),
+            DiskOp::WriteZeroes(n) => self
+                .drain()
+                .and_then(|()| self.disk.write_zeroes(req.offset, n)),
         };
         self.done.push(DiskCompletion {
             id: req.id,
