@@ -140,7 +140,7 @@ impl Testbed {
             }
         }
         let _lock = FileLock::acquire(&self.assets.cache_dir.join("outer.lock"))?;
-        let mut results = self.attempt(opts, scenarios, false)?;
+        let mut results = self.attempt(opts, scenarios, None)?;
         let missing: Vec<Scenario> = scenarios
             .iter()
             .filter(|s| {
@@ -159,7 +159,11 @@ impl Testbed {
             tracing::warn!(
                 "testbed fault: no result for {names:?} (see {log}); retrying them once"
             );
-            let retry = self.attempt(opts, &missing, true)?;
+            let first = results
+                .first()
+                .map(|r| r.console_log.clone())
+                .unwrap_or_default();
+            let retry = self.attempt(opts, &missing, Some(&first))?;
             for r in retry {
                 if let Some(slot) = results.iter_mut().find(|o| o.name == r.name) {
                     *slot = r;
@@ -173,7 +177,7 @@ impl Testbed {
         &self,
         opts: &OuterOptions,
         scenarios: &[Scenario],
-        retried: bool,
+        retry_of: Option<&Path>,
     ) -> Result<Vec<ScenarioResult>, TestbedError> {
         let run_dir = self.new_run_dir()?;
         let layer: Vec<LayerScenario> = scenarios
@@ -203,18 +207,19 @@ impl Testbed {
             if status == Status::NoResult {
                 log_text.push_str(&format!("# testbed: no result: {fault}\n"));
             }
-            if retried {
-                log_text.insert_str(
-                    0,
-                    "# testbed: retried after a testbed fault in the first outer boot\n",
+            if let Some(first) = retry_of {
+                let note = format!(
+                    "# testbed: retried after a testbed fault in the first outer boot ({})\n",
+                    first.display()
                 );
+                log_text.insert_str(0, &note);
             }
             results.push(ScenarioResult {
                 name: s.name.clone(),
                 status,
                 log: log_text,
                 console_log: log.clone(),
-                retried,
+                retried: retry_of.is_some(),
             });
         }
         Ok(results)
