@@ -71,7 +71,13 @@ impl Engine for UringEngine {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        let entry = Self::entry(slot, &mut req)?;
+        let entry = match Self::entry(slot, &mut req) {
+            Ok(e) => e,
+            Err(e) => {
+                self.free.push(slot);
+                return Err(e);
+            }
+        };
         if self.ring.submission().is_full() {
             self.ring.submit()?;
             self.queued = 0;
@@ -80,10 +86,10 @@ impl Engine for UringEngine {
         // self.slots and stays alive (unmoved on the heap) until its completion is reaped;
         // the fd is kept open by the caller until then.
         unsafe {
-            self.ring
-                .submission()
-                .push(&entry)
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            if self.ring.submission().push(&entry).is_err() {
+                self.free.push(slot);
+                return Err(io::Error::other("io_uring submission queue full"));
+            }
         }
         self.slots[slot] = Some(Slot {
             user_data: req.user_data,
