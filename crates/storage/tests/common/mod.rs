@@ -11,7 +11,8 @@ pub struct Scratch(pub PathBuf);
 impl Scratch {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        // Cargo's scratch folder for integration tests (on disk, so O_DIRECT works there).
+        let base = option_env!("CARGO_TARGET_TMPDIR")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         let d = base.join(format!(
