@@ -272,6 +272,35 @@ fn admit(path: &Path, opts: &OpenOptions, seen: &mut Vec<PathBuf>) -> Result<(),
     Ok(())
 }
 
+/// Opens a chain member and checks, on the descriptor actually opened, that it lies under an
+/// allowed folder (a rename or symlink swap after [`admit`] cannot move it out).
+fn open_host(
+    path: &Path,
+    writable: bool,
+    direct: bool,
+    opts: &OpenOptions,
+) -> Result<HostFile, OpenError> {
+    use std::os::unix::io::AsRawFd;
+    let f = HostFile::open(path, writable, direct)?;
+    if let Some(dirs) = &opts.allowed_dirs {
+        let link = PathBuf::from(format!("/proc/self/fd/{}", f.file().as_raw_fd()));
+        let real = std::fs::read_link(&link).map_err(|source| OpenError::Resolve {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ok = dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
+        if !ok {
+            return Err(OpenError::NotAllowed {
+                path: path.to_path_buf(),
+                real,
+            });
+        }
+    }
+    Ok(f)
+}
+
 fn open_member(
     path: &Path,
     format: Format,
@@ -281,14 +310,21 @@ fn open_member(
 ) -> Result<Box<dyn BlockBackend>, OpenError> {
     admit(path, opts, seen)?;
     match format {
-        Format::Raw => Ok(Box::new(Raw::open(path, writable, opts.direct)?)),
+        Format::Raw => {
+            let f = open_host(path, writable, opts.direct, opts)?;
+            let raw = Raw::from_file(Box::new(f), !writable).map_err(|e| OpenError::Resolve {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            Ok(Box::new(raw))
+        }
         Format::Qcow2 => Ok(Box::new(open_qcow2_member(path, writable, opts, seen)?)),
         Format::Vhd | Format::Vhdx if writable => Err(OpenError::ReadOnlyFormat {
             path: path.to_path_buf(),
             format: format.name(),
         }),
         Format::Vhd => {
-            let f = Box::new(HostFile::open(path, false, false)?);
+            let f = Box::new(open_host(path, false, false, opts)?);
             let v = Vhd::open(f).map_err(|source| OpenError::Vhd {
                 path: path.to_path_buf(),
                 source,
@@ -296,7 +332,7 @@ fn open_member(
             Ok(Box::new(v))
         }
         Format::Vhdx => {
-            let f = Box::new(HostFile::open(path, false, false)?);
+            let f = Box::new(open_host(path, false, false, opts)?);
             let v = Vhdx::open(f).map_err(|source| OpenError::Vhdx {
                 path: path.to_path_buf(),
                 source,
@@ -312,7 +348,7 @@ fn open_qcow2_member(
     opts: &OpenOptions,
     seen: &mut Vec<PathBuf>,
 ) -> Result<Qcow2, OpenError> {
-    let file = HostFile::open(path, writable, opts.direct)?;
+    let file = open_host(path, writable, opts.direct, opts)?;
     let qopts = Qcow2Options {
         writable,
         l2_cache_bytes: opts.l2_cache_bytes,

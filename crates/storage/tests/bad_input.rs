@@ -190,6 +190,17 @@ fn backing_cycles_escapes_protocols_and_missing_formats() {
     };
     let e = open_err(&esc, &jail);
     assert!(e.contains("outside the allowed folders"), "{e}");
+    // A symlink inside the allowed folder that points out of it.
+    let link = inner.join("link.raw");
+    std::os::unix::fs::symlink(s.path("outside.raw"), &link).unwrap();
+    let e = open_image(&link, Format::Raw, &jail)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("outside the allowed folders"), "{e}");
+    let ok_raw = inner.join("ok.raw");
+    std::fs::write(&ok_raw, vec![0u8; 4096]).unwrap();
+    assert!(open_image(&ok_raw, Format::Raw, &jail).is_ok());
     assert!(open_image(&esc, Format::Qcow2, &OpenOptions::default()).is_ok());
 
     let proto = mk("proto.qcow2", "nbd:localhost:10809", "raw");
