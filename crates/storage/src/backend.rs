@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     /// The host file failed.
-    #[error("I/O error on {path} at offset {offset:#x} (length {len}): {source}")]
+    #[error("I/O error on {path} at offset {offset:#x} (length {len})")]
     Io {
         /// Host file.
         path: PathBuf,

@@ -54,7 +54,7 @@ pub enum OpenError {
     #[error(transparent)]
     File(#[from] OpenFileError),
     /// A qcow2 image is unusable.
-    #[error("{path}: {source}")]
+    #[error("qcow2 image {path}")]
     Qcow2 {
         /// Image path.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum OpenError {
         real: PathBuf,
     },
     /// A VHD image is unusable.
-    #[error("{path}: {source}")]
+    #[error("VHD image {path}")]
     Vhd {
         /// Image path.
         path: PathBuf,
@@ -118,7 +118,7 @@ pub enum OpenError {
         source: crate::formats::vhd::VhdError,
     },
     /// A VHDX image is unusable.
-    #[error("{path}: {source}")]
+    #[error("VHDX image {path}")]
     Vhdx {
         /// Image path.
         path: PathBuf,
@@ -135,7 +135,7 @@ pub enum OpenError {
         format: &'static str,
     },
     /// The path cannot be resolved.
-    #[error("cannot resolve {path}: {source}")]
+    #[error("cannot resolve {path}")]
     Resolve {
         /// The path.
         path: PathBuf,
@@ -144,7 +144,7 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// Probing the format failed.
-    #[error("cannot read {path} to detect its format: {source}")]
+    #[error("cannot read {path} to detect its format")]
     Probe {
         /// The path.
         path: PathBuf,

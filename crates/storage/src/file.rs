@@ -113,7 +113,7 @@ impl<'a> dyn ImageFile + 'a {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenFileError {
     /// open(2) failed.
-    #[error("cannot open {path} ({mode}): {source}")]
+    #[error("cannot open {path} ({mode})")]
     Open {
         /// Path.
         path: PathBuf,
@@ -130,7 +130,7 @@ pub enum OpenFileError {
         path: PathBuf,
     },
     /// Taking the lock failed.
-    #[error("cannot lock {path}: {source}")]
+    #[error("cannot lock {path}")]
     Lock {
         /// Path.
         path: PathBuf,

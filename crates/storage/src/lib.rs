@@ -15,3 +15,15 @@ pub mod recording;
 
 pub use backend::{chain_extent, BlockBackend, BlockError, Extent, ExtentKind, HostRange};
 pub use chain::{open_image, probe_format, Format, OpenError, OpenOptions};
+
+/// An error with its chain of causes, "outer: inner: innermost" (for logs without anyhow).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

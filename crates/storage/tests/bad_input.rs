@@ -31,7 +31,7 @@ fn be64_at(path: &Path, off: u64) -> u64 {
 fn open_err(path: &Path, opts: &OpenOptions) -> String {
     match open_image(path, Format::Qcow2, opts) {
         Ok(_) => panic!("{} opened but should not", path.display()),
-        Err(e) => e.to_string(),
+        Err(e) => storage::error_chain(&e),
     }
 }
 
@@ -196,7 +196,7 @@ fn backing_cycles_escapes_protocols_and_missing_formats() {
     let e = open_image(&link, Format::Raw, &jail)
         .err()
         .expect("refused")
-        .to_string();
+        .chain();
     assert!(e.contains("outside the allowed folders"), "{e}");
     let ok_raw = inner.join("ok.raw");
     std::fs::write(&ok_raw, vec![0u8; 4096]).unwrap();
@@ -310,4 +310,13 @@ fn unsupported_features_from_qemu_img() {
     );
     let e = open_err(&d, &OpenOptions::default());
     assert!(e.contains("external data file"), "{e}");
+}
+
+trait Chain {
+    fn chain(self) -> String;
+}
+impl<E: std::error::Error> Chain for E {
+    fn chain(self) -> String {
+        storage::error_chain(&self)
+    }
 }

@@ -238,7 +238,7 @@ fn preallocated_images_and_refused_extended_l2_writes() {
     let e = open_image(&x, Format::Qcow2, &rw())
         .err()
         .expect("read-write open refused")
-        .to_string();
+        .chain();
     assert!(e.contains("extended L2"), "{e}");
     assert!(open_image(&x, Format::Qcow2, &OpenOptions::default()).is_ok());
 }
@@ -290,5 +290,14 @@ fn compressed_convert_then_overwrite() {
             exercise(d.as_mut(), &mut mirror, cs, 900 + cs, 150, true);
         }
         qemu_agrees(&comp, &mirror, &s);
+    }
+}
+
+trait Chain {
+    fn chain(self) -> String;
+}
+impl<E: std::error::Error> Chain for E {
+    fn chain(self) -> String {
+        storage::error_chain(&self)
     }
 }

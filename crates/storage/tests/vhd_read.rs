@@ -71,7 +71,7 @@ fn damaged_vhd_and_vhdx_are_refused() {
     let e = open_image(&img, Format::Vhd, &OpenOptions::default())
         .err()
         .unwrap()
-        .to_string();
+        .chain();
     assert!(e.contains("past the end"), "{e}");
 
     let x = s.path("d.vhdx");
@@ -83,12 +83,21 @@ fn damaged_vhd_and_vhdx_are_refused() {
     let e = open_image(&x, Format::Vhdx, &OpenOptions::default())
         .err()
         .unwrap()
-        .to_string();
+        .chain();
     assert!(e.contains("checksum"), "{e}");
     let w = OpenOptions {
         writable: true,
         ..OpenOptions::default()
     };
-    let e = open_image(&x, Format::Vhdx, &w).err().unwrap().to_string();
+    let e = open_image(&x, Format::Vhdx, &w).err().unwrap().chain();
     assert!(e.contains("read-only"), "{e}");
+}
+
+trait Chain {
+    fn chain(self) -> String;
+}
+impl<E: std::error::Error> Chain for E {
+    fn chain(self) -> String {
+        storage::error_chain(&self)
+    }
 }
