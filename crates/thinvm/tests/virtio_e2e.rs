@@ -1,7 +1,8 @@
 //! End to end in the nested testbed: Debian's kernel on thinvm with a virtio-blk ext4 disk, a
 //! read-only disk and virtio-rng. The host makes the ext4 image (`mkfs.ext4 -d`), the guest
 //! mounts it, writes files, syncs and powers off; the host then runs `e2fsck -fn` and reads the
-//! guest's file with `debugfs`.
+//! guest's files with `debugfs`. Twice in one outer boot: on a raw image, and on a qcow2
+//! overlay whose raw base must stay untouched (`qemu-img check` on the overlay too).
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
@@ -50,23 +51,115 @@ fn make_image(dir: &Path) -> PathBuf {
     img
 }
 
-/// The outer script: the scratch disk (our image) is copied to tmpfs, served to the guest,
-/// and copied back, so the host sees what the guest wrote.
-const OUTER_SCRIPT: &str = r#"
-dd if="$SCRATCH_DISK" of=/tmp/disk.raw bs=1M 2>/dev/null || { echo "no scratch disk"; exit 90; }
-dd if=/dev/zero of=/tmp/ro.raw bs=1M count=1 2>/dev/null
+/// Layout of the scratch disk (the outer machine's /dev/vda), in MiB: the raw disk of the first
+/// scenario, then the raw base and the qcow2 overlay of the second.
+const RAW_AT: u64 = 0;
+const BASE_AT: u64 = 64;
+const OVERLAY_AT: u64 = 128;
+const OVERLAY_SLOT: u64 = 32;
+const SCRATCH_MIB: u64 = OVERLAY_AT + OVERLAY_SLOT;
+
+/// The thinvm command line inside the outer machine for a first disk `disk`.
+fn thinvm_cmd(disk: &str) -> String {
+    format!(
+        r#"dd if=/dev/zero of=/tmp/ro.raw bs=1M count=1 2>/dev/null
 printf 'THINVM-RO-DISK' | dd of=/tmp/ro.raw conv=notrunc 2>/dev/null
 "$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
-    --memory 256M --disk path=/tmp/disk.raw,format=raw \
-    --disk path=/tmp/ro.raw,readonly=on --rng \
+    --memory 256M --disk {disk} --disk path=/tmp/ro.raw,readonly=on --rng \
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-blk' </dev/null 2>/tmp/err
 rc=$?
 sed 's/^/STDERR: /' /tmp/err
 echo "VMM-RC=$rc"
-dd if=/tmp/disk.raw of="$SCRATCH_DISK" bs=1M conv=fsync 2>/dev/null
-sync
-exit $rc
-"#;
+"#
+    )
+}
+
+/// Raw disk: copied from the scratch disk to tmpfs, served, copied back.
+fn raw_script() -> String {
+    format!(
+        "dd if=\"$SCRATCH_DISK\" of=/tmp/disk.raw bs=1M skip={RAW_AT} count=64 2>/dev/null || exit 90\n\
+         {}\
+         dd if=/tmp/disk.raw of=\"$SCRATCH_DISK\" bs=1M seek={RAW_AT} conv=notrunc,fsync 2>/dev/null\n\
+         sync\nexit $rc\n",
+        thinvm_cmd("path=/tmp/disk.raw,format=raw")
+    )
+}
+
+/// qcow2 overlay on a raw base: only the overlay is copied back; the host checks the base
+/// did not change.
+fn qcow2_script() -> String {
+    format!(
+        "dd if=\"$SCRATCH_DISK\" of=/tmp/base.raw bs=1M skip={BASE_AT} count=64 2>/dev/null || exit 90\n\
+         dd if=\"$SCRATCH_DISK\" of=/tmp/ov.qcow2 bs=1M skip={OVERLAY_AT} count={OVERLAY_SLOT} 2>/dev/null\n\
+         {}\
+         echo \"OVERLAY-MIB=$(( ($(wc -c < /tmp/ov.qcow2) + 1048575) / 1048576 ))\"\n\
+         dd if=/tmp/ov.qcow2 of=\"$SCRATCH_DISK\" bs=1M seek={OVERLAY_AT} conv=notrunc,fsync 2>/dev/null\n\
+         sync\nexit $rc\n",
+        thinvm_cmd("path=/tmp/ov.qcow2,format=qcow2")
+    )
+}
+
+/// Writes `src` into `dst` at `mib` MiB.
+fn put(dst: &Path, mib: u64, src: &Path) {
+    use std::os::unix::fs::FileExt;
+    let data = std::fs::read(src).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dst).unwrap();
+    f.write_all_at(&data, mib << 20).unwrap();
+}
+
+/// Reads `len` bytes at `mib` MiB of `src` into a new file `dst`.
+fn take(src: &Path, mib: u64, len: u64, dst: &Path) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len as usize];
+    std::fs::File::open(src)
+        .unwrap()
+        .read_exact_at(&mut buf, mib << 20)
+        .unwrap();
+    std::fs::write(dst, buf).unwrap();
+}
+
+fn sha256(p: &Path) -> String {
+    run_ok(Command::new("sha256sum").arg(p))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Checks one scenario's guest output, then the ext4 image `img` as the host sees it.
+fn check_guest_and_image(r: &testbed::ScenarioResult, img: &Path, dir: &Path) {
+    let log = &r.log;
+    let ctx = format!("{} (console {}):\n{log}", r.name, r.console_log.display());
+    assert_eq!(r.status, Status::Passed, "{ctx}");
+    assert_eq!(value(log, "VMM-RC"), Some("0"), "{ctx}");
+    assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
+    assert_eq!(value(log, "HELLO"), Some("hello from the host"), "{ctx}");
+    assert_eq!(value(log, "RO-HEAD"), Some("THINVM-RO-DISK"), "{ctx}");
+    assert_eq!(value(log, "RO-FLAG"), Some("1"), "{ctx}");
+    assert_eq!(value(log, "RO-WRITE"), Some("refused"), "{ctx}");
+    assert_eq!(value(log, "RNG-BYTES"), Some("16"), "{ctx}");
+    let blob_md5 = value(log, "BLOB-MD5").expect("BLOB-MD5").to_string();
+    run_ok(Command::new("e2fsck").arg("-fn").arg(img));
+    let got = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "cat /from-guest"])
+            .arg(img),
+    );
+    assert_eq!(got, "written by the thinvm guest\n", "{ctx}");
+    let blob = dir.join(format!("blob-{}", r.name));
+    run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /blob {}", blob.display()))
+            .arg(img),
+    );
+    let md5 = run_ok(Command::new("md5sum").arg(&blob));
+    assert_eq!(
+        md5.split_whitespace().next(),
+        Some(blob_md5.as_str()),
+        "{ctx}"
+    );
+}
 
 fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
     log.lines()
@@ -74,7 +167,7 @@ fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn virtio_blk_ext4_roundtrip_in_the_testbed() {
+fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
     if std::env::var_os("THINVM_E2E").is_none() {
         eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
         return;
@@ -83,6 +176,24 @@ fn virtio_blk_ext4_roundtrip_in_the_testbed() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let img = make_image(&dir);
+    // The qcow2 case: an overlay (backing file named relative to it) on a copy of the image.
+    let base = dir.join("base.raw");
+    std::fs::copy(&img, &base).unwrap();
+    let overlay = dir.join("ov.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw"])
+            .arg(&overlay),
+    );
+    let base_sha = sha256(&base);
+    let scratch = dir.join("scratch.img");
+    std::fs::File::create(&scratch)
+        .unwrap()
+        .set_len(SCRATCH_MIB << 20)
+        .unwrap();
+    put(&scratch, RAW_AT, &img);
+    put(&scratch, BASE_AT, &base);
+    put(&scratch, OVERLAY_AT, &overlay);
     let mut tests = testbed::images::builtin_guest_tests();
     tests.push(Script::new(
         "virtio-blk",
@@ -104,47 +215,49 @@ fn virtio_blk_ext4_roundtrip_in_the_testbed() {
     };
     let tb = Testbed::new(&config).expect("testbed");
     let opts = OuterOptions {
-        scratch_disk: Some(img.clone()),
+        scratch_disk: Some(scratch.clone()),
         echo: std::env::var_os("THINVM_E2E_ECHO").is_some(),
         ..OuterOptions::default()
     };
-    let scenario = Scenario {
-        name: "virtio-blk".into(),
-        script: OUTER_SCRIPT.into(),
-        timeout: Duration::from_secs(300),
-    };
-    let r = tb.run(&opts, &[scenario]).expect("outer run").remove(0);
-    let log = &r.log;
-    let ctx = format!("console {}:\n{log}", r.console_log.display());
-    assert_eq!(r.status, Status::Passed, "{ctx}");
-    assert_eq!(value(log, "VMM-RC"), Some("0"), "{ctx}");
-    assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
-    assert_eq!(value(log, "HELLO"), Some("hello from the host"), "{ctx}");
-    assert_eq!(value(log, "RO-HEAD"), Some("THINVM-RO-DISK"), "{ctx}");
-    assert_eq!(value(log, "RO-FLAG"), Some("1"), "{ctx}");
-    assert_eq!(value(log, "RO-WRITE"), Some("refused"), "{ctx}");
-    assert_eq!(value(log, "RNG-BYTES"), Some("16"), "{ctx}");
-    let blob_md5 = value(log, "BLOB-MD5").expect("BLOB-MD5").to_string();
-    // The host's view of the image the guest wrote.
-    run_ok(Command::new("e2fsck").arg("-fn").arg(&img));
-    let got = run_ok(
-        Command::new("debugfs")
-            .args(["-R", "cat /from-guest"])
-            .arg(&img),
-    );
-    assert_eq!(got, "written by the thinvm guest\n");
-    let blob = dir.join("blob");
+    let scenarios = [
+        Scenario {
+            name: "virtio-blk-raw".into(),
+            script: raw_script(),
+            timeout: Duration::from_secs(300),
+        },
+        Scenario {
+            name: "virtio-blk-qcow2".into(),
+            script: qcow2_script(),
+            timeout: Duration::from_secs(300),
+        },
+    ];
+    let results = tb.run(&opts, &scenarios).expect("outer run");
+    // Raw: the guest's writes are in the image.
+    let raw_img = dir.join("raw-after.raw");
+    take(&scratch, RAW_AT, 64 << 20, &raw_img);
+    check_guest_and_image(&results[0], &raw_img, &dir);
+    // qcow2: the base is untouched, the overlay is consistent and holds the guest's writes.
+    let q = &results[1];
+    let ov_mib: u64 = value(&q.log, "OVERLAY-MIB")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no OVERLAY-MIB in {}:\n{}", q.name, q.log));
+    assert!(ov_mib <= OVERLAY_SLOT, "overlay grew to {ov_mib} MiB");
+    let base_after = dir.join("base-after.raw");
+    take(&scratch, BASE_AT, 64 << 20, &base_after);
+    assert_eq!(sha256(&base_after), base_sha, "the base image changed");
+    take(&scratch, OVERLAY_AT, OVERLAY_SLOT << 20, &overlay);
     run_ok(
-        Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("dump /blob {}", blob.display()))
-            .arg(&img),
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&overlay),
     );
-    let md5 = run_ok(Command::new("md5sum").arg(&blob));
-    assert_eq!(
-        md5.split_whitespace().next(),
-        Some(blob_md5.as_str()),
-        "{ctx}"
+    let flat = dir.join("flat.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&overlay)
+            .arg(&flat),
     );
+    check_guest_and_image(q, &flat, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
