@@ -8,7 +8,36 @@ pub struct Table {
     pub entries: Vec<u64>,
     /// Changed since it was last written.
     pub dirty: bool,
+    /// Changed words: `lo..=hi` (meaningful while dirty).
+    lo: usize,
+    hi: usize,
     last_use: u64,
+}
+
+impl Table {
+    /// Records a change of word `i`.
+    pub fn mark(&mut self, i: usize) {
+        if self.dirty {
+            self.lo = self.lo.min(i);
+            self.hi = self.hi.max(i);
+        } else {
+            (self.lo, self.hi, self.dirty) = (i, i, true);
+        }
+    }
+
+    /// The changed bytes to write back, widened to whole 4 KiB units: (byte offset, bytes).
+    pub fn take_dirty_bytes(&mut self) -> (usize, Vec<u8>) {
+        let total = self.entries.len() * 8;
+        let unit = 4096.min(total);
+        let start = (self.lo * 8) / unit * unit;
+        let end = ((self.hi + 1) * 8).next_multiple_of(unit).min(total);
+        let mut raw = Vec::with_capacity(end - start);
+        for e in &self.entries[start / 8..end / 8] {
+            raw.extend_from_slice(&e.to_be_bytes());
+        }
+        self.dirty = false;
+        (start, raw)
+    }
 }
 
 /// L2 tables by their offset in the file, at most `capacity` of them.
@@ -59,6 +88,8 @@ impl L2Cache {
         self.tables.insert(
             off,
             Table {
+                lo: 0,
+                hi: entries.len().saturating_sub(1),
                 entries,
                 dirty,
                 last_use: self.clock,
@@ -89,9 +120,22 @@ mod tests {
         c.insert(512, vec![0; 4], true);
         c.insert(1024, vec![0; 4], false);
         assert_eq!(c.victim(), Some((1024, false)));
-        c.get_mut(1024).unwrap().dirty = true;
+        c.get_mut(1024).unwrap().mark(3);
         c.get_mut(512);
         assert_eq!(c.victim(), Some((1024, true)));
         assert_eq!(c.dirty(), vec![512, 1024]);
+    }
+
+    #[test]
+    fn dirty_bytes_cover_the_changes_in_4k_units() {
+        let mut c = L2Cache::new(2);
+        c.insert(0, (0..2048u64).collect(), false);
+        let t = c.get_mut(0).unwrap();
+        t.mark(600);
+        t.mark(520);
+        let (start, raw) = t.take_dirty_bytes();
+        assert_eq!((start, raw.len()), (4096, 4096));
+        assert_eq!(&raw[..8], &512u64.to_be_bytes());
+        assert!(!t.dirty);
     }
 }

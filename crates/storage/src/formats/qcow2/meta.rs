@@ -148,12 +148,8 @@ impl Qcow2 {
         self.file.sync_checked()?;
         for off in &dirty_l2 {
             let t = self.l2.get_mut(*off).expect("dirty table is cached");
-            let mut raw = Vec::with_capacity(t.entries.len() * 8);
-            for e in &t.entries {
-                raw.extend_from_slice(&e.to_be_bytes());
-            }
-            t.dirty = false;
-            self.file.write_checked(&raw, *off)?;
+            let (start, raw) = t.take_dirty_bytes();
+            self.file.write_checked(&raw, *off + start as u64)?;
         }
         if !dirty_l2.is_empty() {
             self.file.sync_checked()?;

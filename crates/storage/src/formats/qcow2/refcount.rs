@@ -85,8 +85,8 @@ pub struct Refcounts {
     pub hint: u64,
     /// Offsets of refcount blocks created since the owner last looked.
     pub new_blocks: Vec<u64>,
-    /// Cached blocks changed since they were last written.
-    dirty: std::collections::BTreeSet<u64>,
+    /// Cached blocks changed since they were last written, with the changed byte range.
+    dirty: std::collections::BTreeMap<u64, (usize, usize)>,
 }
 
 impl Refcounts {
@@ -100,7 +100,7 @@ impl Refcounts {
             cache: HashMap::new(),
             hint: 0,
             new_blocks: Vec::new(),
-            dirty: std::collections::BTreeSet::new(),
+            dirty: std::collections::BTreeMap::new(),
         }
     }
 
@@ -139,7 +139,11 @@ impl Refcounts {
     fn load(&mut self, file: &dyn ImageFile, off: u64) -> Result<&mut Vec<u8>, BlockError> {
         if !self.cache.contains_key(&off) {
             if self.cache.len() >= BLOCK_CACHE {
-                let victim = self.cache.keys().find(|k| !self.dirty.contains(k)).copied();
+                let victim = self
+                    .cache
+                    .keys()
+                    .find(|k| !self.dirty.contains_key(k))
+                    .copied();
                 let victim = match victim {
                     Some(v) => v,
                     None => {
@@ -201,7 +205,9 @@ impl Refcounts {
         let block = self.load(file, off)?;
         set_entry(block, order, i, v);
         // Written back by write_dirty(), before the metadata that needs it.
-        self.dirty.insert(off);
+        let byte = (i << order) / 8;
+        let r = self.dirty.entry(off).or_insert((byte, byte));
+        *r = (r.0.min(byte), r.1.max(byte));
         Ok(())
     }
 
@@ -273,9 +279,13 @@ impl Refcounts {
 
     /// Writes every changed block (not synced).
     pub fn write_dirty(&mut self, file: &dyn ImageFile) -> Result<(), BlockError> {
-        for off in std::mem::take(&mut self.dirty) {
+        for (off, (lo, hi)) in std::mem::take(&mut self.dirty) {
             if let Some(b) = self.cache.get(&off) {
-                file.write_checked(b, off)?;
+                // Whole 4 KiB units around the change (no read-modify-write with O_DIRECT).
+                let unit = 4096.min(b.len());
+                let start = lo / unit * unit;
+                let end = (hi + 8).next_multiple_of(unit).min(b.len());
+                file.write_checked(&b[start..end], off + start as u64)?;
             }
         }
         Ok(())

@@ -32,7 +32,7 @@ impl Qcow2 {
         self.load_l2(off)?;
         let t = self.l2.get_mut(off).expect("loaded above");
         t.entries[i] = v;
-        t.dirty = true;
+        t.mark(i);
         Ok(())
     }
 
