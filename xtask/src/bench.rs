@@ -34,6 +34,13 @@ fn vmms(with_thinvm: bool) -> Vec<(&'static str, String)> {
              --cpus 1 --memory {MEM_MIB}M --cmdline \"$CMDLINE\""
         );
         v.push(("thinvm", cmd));
+        // The same kernel uncompressed (the ELF vmlinux cut from the bzImage), entered by PVH:
+        // no decompression inside the guest.
+        let pvh = format!(
+            "\"$THINVM\" run --testbed never --kernel \"$GUEST_VMLINUX\" --initrd \"$GUEST_INITRD\" \
+             --cpus 1 --memory {MEM_MIB}M --cmdline \"$CMDLINE\""
+        );
+        v.push(("thinvm-pvh", pvh));
     }
     v.push(("qemu-pc", qemu("pc", "")));
     v.push(("qemu-microvm", qemu("microvm,rtc=on", "-device i8042")));
@@ -149,7 +156,26 @@ pub fn boot(rounds: u32, thinvm: Option<PathBuf>, no_thinvm: bool, echo: bool) -
         println!("console log: {log}");
     }
     report(&vmms, &samples);
-    Ok(vmms.iter().all(|(l, _)| samples.contains_key(l)))
+    let host_ok = match &thinvm {
+        Some(bin) => host_part(bin),
+        None => true,
+    };
+    Ok(host_ok && vmms.iter().all(|(l, _)| samples.contains_key(l)))
+}
+
+/// The host part: start-up and exit round trip on this host's own /dev/kvm (`thinvm bench-host`).
+fn host_part(thinvm: &std::path::Path) -> bool {
+    println!("\nhost (own /dev/kvm): start-up and exit round trip vs a bare KVM_RUN loop");
+    match std::process::Command::new(thinvm)
+        .args(["bench-host", "--rounds", "7"])
+        .status()
+    {
+        Ok(s) => s.success(),
+        Err(e) => {
+            println!("cannot run {}: {e}", thinvm.display());
+            false
+        }
+    }
 }
 
 fn report(vmms: &[(&str, String)], samples: &BTreeMap<&str, Vec<Sample>>) {
@@ -182,10 +208,12 @@ fn report(vmms: &[(&str, String)], samples: &BTreeMap<&str, Vec<Sample>>) {
             v.len()
         );
     }
-    for peer in ["qemu-pc", "qemu-microvm"] {
-        let ratio = |f: fn(&Sample) -> i64| Some(med("thinvm", f)? / med(peer, f)?);
-        if let (Some(t), Some(m)) = (ratio(|s| s.init_ms), ratio(|s| s.anon_kb + s.file_kb)) {
-            println!("  thinvm/{peer}: time {t:.2}x, memory {m:.2}x");
+    for ours in ["thinvm", "thinvm-pvh"] {
+        for peer in ["qemu-pc", "qemu-microvm"] {
+            let ratio = |f: fn(&Sample) -> i64| Some(med(ours, f)? / med(peer, f)?);
+            if let (Some(t), Some(m)) = (ratio(|s| s.init_ms), ratio(|s| s.anon_kb + s.file_kb)) {
+                println!("  {ours}/{peer}: time {t:.2}x, memory {m:.2}x");
+            }
         }
     }
 }
