@@ -109,6 +109,29 @@ fn entries_past_the_end_or_into_metadata() {
     let mut d = open_image(&img, Format::Qcow2, &OpenOptions::default()).unwrap();
     let err = d.read_at(&mut [0u8; 512], 0).unwrap_err();
     assert!(matches!(err, BlockError::Corrupt { .. }), "{err}");
+    // L1 entry pointing at the refcount table: reads may go wrong, writes must not happen.
+    let img2 = sample(&s, "l1rt.qcow2");
+    let (l1b, rt) = (be64_at(&img2, 40), be64_at(&img2, 48));
+    patch(&img2, l1b, &((1u64 << 63) | rt).to_be_bytes());
+    let before = std::fs::read(&img2).unwrap();
+    let mut d = open_image(&img2, Format::Qcow2, &rw()).unwrap();
+    let err = d.write_at(&[0xee; 512], 4096).unwrap_err();
+    assert!(err.to_string().contains("refusing to write"), "{err}");
+    assert!(d.discard(0, 65536).is_err());
+    drop(d);
+    let after = std::fs::read(&img2).unwrap();
+    assert_eq!(
+        after[rt as usize..rt as usize + 4096],
+        before[rt as usize..rt as usize + 4096],
+        "refcount table untouched"
+    );
+    // A refcount table entry pointing at the L1 table: read-only works, writing is refused.
+    let img3 = sample(&s, "rtl1.qcow2");
+    let (l1c, rt3) = (be64_at(&img3, 40), be64_at(&img3, 48));
+    patch(&img3, rt3, &l1c.to_be_bytes());
+    assert!(open_image(&img3, Format::Qcow2, &OpenOptions::default()).is_ok());
+    let e = open_err(&img3, &rw());
+    assert!(e.contains("overlaps other metadata"), "{e}");
     // L1 entry into the header.
     patch(&img, l1, &(1u64 << 63 | 0x200).to_be_bytes());
     let mut d = open_image(&img, Format::Qcow2, &OpenOptions::default()).unwrap();

@@ -26,10 +26,12 @@ impl Qcow2 {
                 self.meta.insert(off);
             }
         }
+        self.refblocks.clear();
         for &e in &self.rc.table {
             let off = e & REFT_OFFSET_MASK;
             if off != 0 {
                 self.meta.insert(off);
+                self.refblocks.insert(off);
             }
         }
         self.rc.new_blocks.clear();
@@ -42,6 +44,7 @@ impl Qcow2 {
                 Ok(idx) => {
                     for b in self.rc.new_blocks.drain(..) {
                         self.meta.insert(b);
+                        self.refblocks.insert(b);
                         self.end = self.end.max(b + self.cs);
                     }
                     let off = idx << self.h.cluster_bits;

@@ -110,6 +110,8 @@ pub struct Qcow2 {
     needs_sync: bool,
     /// Cluster offsets of L2 tables and refcount blocks (never written as data).
     meta: HashSet<u64>,
+    /// Cluster offsets of refcount blocks (never used as L2 tables).
+    refblocks: HashSet<u64>,
     ccache: Option<(u64, Vec<u8>)>,
     /// Host cluster being filled with compressed data, and the bytes used in it.
     ctail: Option<(u64, u64)>,
@@ -183,6 +185,7 @@ impl Qcow2 {
             pending_free: Vec::new(),
             needs_sync: false,
             meta: HashSet::new(),
+            refblocks: HashSet::new(),
             ccache: None,
             ctail: None,
             h,
@@ -222,8 +225,32 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Refuses writing when refcount blocks overlap other metadata (writes would damage it).
+    fn check_refblock_overlaps(&self) -> Result<(), Qcow2Error> {
+        let l2s: HashSet<u64> = self
+            .l1
+            .iter()
+            .map(|e| e & L1_OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
+        let mut seen = HashSet::new();
+        for (i, e) in self.rc.table.iter().enumerate() {
+            let off = e & refcount::REFT_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            if self.is_fixed_metadata(off) || l2s.contains(&off) || !seen.insert(off) {
+                return Err(Qcow2Error::Block(self.corrupt(format!(
+                    "refcount block {i} at {off:#x} overlaps other metadata; refusing to write (repair with qemu-img check -r all)"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
     /// Clears unknown autoclear bits and rebuilds refcounts of a dirty image.
     fn prepare_for_writing(&mut self) -> Result<(), Qcow2Error> {
+        self.check_refblock_overlaps()?;
         if self.h.version == 3 && self.h.autoclear != 0 {
             self.h.autoclear = 0;
             self.file.write_checked(&0u64.to_be_bytes(), 88)?;

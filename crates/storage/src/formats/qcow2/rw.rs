@@ -202,6 +202,11 @@ impl Qcow2 {
         };
         let off = l1e & L1_OFFSET_MASK;
         if off != 0 {
+            if self.is_fixed_metadata(off) || self.refblocks.contains(&off) {
+                return Err(self.corrupt(format!(
+                    "L1 entry {l1i} points at metadata ({off:#x}) as its L2 table; refusing to write"
+                )));
+            }
             if l1e & COPIED == 0 {
                 return Err(BlockError::Unsupported {
                     path: self.file.path().to_path_buf(),
