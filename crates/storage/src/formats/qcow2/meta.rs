@@ -2,10 +2,60 @@
 //! structure (growth, repair, dirty images).
 
 use super::refcount::{self, AllocError, REFT_OFFSET_MASK};
-use super::{Qcow2, COMPRESSED, L1_OFFSET_MASK, L2_OFFSET_MASK};
+use std::collections::HashSet;
+
+use super::header::incompat;
+use super::{Qcow2, Qcow2Error, COMPRESSED, L1_OFFSET_MASK, L2_OFFSET_MASK};
 use crate::backend::BlockError;
 
 impl Qcow2 {
+    /// Refuses writing when refcount blocks overlap other metadata (writes would damage it).
+    pub(super) fn check_refblock_overlaps(&self) -> Result<(), Qcow2Error> {
+        let l2s: HashSet<u64> = self
+            .l1
+            .iter()
+            .map(|e| e & L1_OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
+        let mut seen = HashSet::new();
+        for (i, e) in self.rc.table.iter().enumerate() {
+            let off = e & REFT_OFFSET_MASK;
+            if off == 0 {
+                continue;
+            }
+            if self.is_fixed_metadata(off) || l2s.contains(&off) || !seen.insert(off) {
+                return Err(Qcow2Error::Block(self.corrupt(format!(
+                    "refcount block {i} at {off:#x} overlaps other metadata; refusing to write (repair with qemu-img check -r all)"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears unknown autoclear bits and rebuilds refcounts of a dirty image.
+    pub(super) fn prepare_for_writing(&mut self) -> Result<(), Qcow2Error> {
+        self.check_refblock_overlaps()?;
+        if self.h.version == 3 && self.h.autoclear != 0 {
+            self.h.autoclear = 0;
+            self.file.write_checked(&0u64.to_be_bytes(), 88)?;
+            self.file.sync_checked()?;
+        }
+        if self.h.incompatible & incompat::DIRTY != 0 {
+            let refs = self.compute_refs(false)?;
+            if let Some(e) = refs.errors.first() {
+                return Err(Qcow2Error::Block(
+                    self.corrupt(format!("dirty image cannot be rebuilt: {e}")),
+                ));
+            }
+            self.install_counts(refs.counts)?;
+            self.h.incompatible &= !incompat::DIRTY;
+            self.file
+                .write_checked(&self.h.incompatible.to_be_bytes(), 72)?;
+            self.file.sync_checked()?;
+        }
+        Ok(())
+    }
+
     /// Whether the cluster at `off` is the header, the L1 table or the refcount table.
     pub(super) fn is_fixed_metadata(&self, off: u64) -> bool {
         let within = |start: u64, len: u64| off >= start && off < start.saturating_add(len);

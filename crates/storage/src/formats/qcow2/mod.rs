@@ -225,53 +225,6 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Refuses writing when refcount blocks overlap other metadata (writes would damage it).
-    fn check_refblock_overlaps(&self) -> Result<(), Qcow2Error> {
-        let l2s: HashSet<u64> = self
-            .l1
-            .iter()
-            .map(|e| e & L1_OFFSET_MASK)
-            .filter(|&o| o != 0)
-            .collect();
-        let mut seen = HashSet::new();
-        for (i, e) in self.rc.table.iter().enumerate() {
-            let off = e & refcount::REFT_OFFSET_MASK;
-            if off == 0 {
-                continue;
-            }
-            if self.is_fixed_metadata(off) || l2s.contains(&off) || !seen.insert(off) {
-                return Err(Qcow2Error::Block(self.corrupt(format!(
-                    "refcount block {i} at {off:#x} overlaps other metadata; refusing to write (repair with qemu-img check -r all)"
-                ))));
-            }
-        }
-        Ok(())
-    }
-
-    /// Clears unknown autoclear bits and rebuilds refcounts of a dirty image.
-    fn prepare_for_writing(&mut self) -> Result<(), Qcow2Error> {
-        self.check_refblock_overlaps()?;
-        if self.h.version == 3 && self.h.autoclear != 0 {
-            self.h.autoclear = 0;
-            self.file.write_checked(&0u64.to_be_bytes(), 88)?;
-            self.file.sync_checked()?;
-        }
-        if self.h.incompatible & incompat::DIRTY != 0 {
-            let refs = self.compute_refs(false)?;
-            if let Some(e) = refs.errors.first() {
-                return Err(Qcow2Error::Block(
-                    self.corrupt(format!("dirty image cannot be rebuilt: {e}")),
-                ));
-            }
-            self.install_counts(refs.counts)?;
-            self.h.incompatible &= !incompat::DIRTY;
-            self.file
-                .write_checked(&self.h.incompatible.to_be_bytes(), 72)?;
-            self.file.sync_checked()?;
-        }
-        Ok(())
-    }
-
     /// Attaches the backing file named in the header (opened by the caller).
     pub fn set_backing(&mut self, backing: Box<dyn BlockBackend>) {
         self.backing = Some(backing);
