@@ -301,3 +301,41 @@ impl<E: std::error::Error> Chain for E {
         storage::error_chain(&self)
     }
 }
+
+#[test]
+fn odd_sized_images() {
+    if !have_qemu_img() {
+        return;
+    }
+    let s = Scratch::new("q2odd");
+    for (i, (size, cs)) in [((3 << 20) + 7 * 512, 65536u64), ((1 << 20) + 512, 4096)]
+        .into_iter()
+        .enumerate()
+    {
+        let img = s.path(&format!("odd{i}.qcow2"));
+        create_file(
+            &img,
+            &CreateOptions {
+                size,
+                cluster_size: cs,
+                ..CreateOptions::default()
+            },
+        )
+        .unwrap();
+        let mut mirror = vec![0u8; size as usize];
+        {
+            let mut d = open_image(&img, Format::Qcow2, &rw()).unwrap();
+            // The last, partial cluster: written, zeroed and discarded whole.
+            let tail = size - size % cs;
+            d.write_at(&vec![0x77; (size - tail) as usize], tail)
+                .unwrap();
+            mirror[tail as usize..].fill(0x77);
+            exercise(d.as_mut(), &mut mirror, cs, 4242 + i as u64, 200, true);
+            d.write_zeroes(tail, size - tail).unwrap();
+            mirror[tail as usize..].fill(0);
+            d.write_at(&[0x99; 512], size - 512).unwrap();
+            mirror[size as usize - 512..].fill(0x99);
+        }
+        qemu_agrees(&img, &mirror, &s);
+    }
+}
