@@ -186,8 +186,15 @@ fn mcfg_points_at_the_ecam_window() {
     assert_eq!(m.len(), 44 + 16, "header, reserved, one allocation");
     assert_eq!(u64_at(m, 44), ECAM_START);
     assert_eq!(u16_at(m, 52), 0, "segment 0");
-    assert_eq!((m[54], m[55]), (0, 255), "buses 0..=255 = 256 MiB");
-    assert_eq!((u64::from(m[55]) + 1) << 20, ECAM_SIZE);
+    assert_eq!(
+        (m[54], m[55]),
+        (0, 0),
+        "bus 0 only: Linux probes every bus MCFG names"
+    );
+    assert!(
+        (u64::from(m[55]) + 1) << 20 <= ECAM_SIZE,
+        "inside the reserved window"
+    );
 }
 
 #[test]
