@@ -91,6 +91,16 @@ impl MsiSink for KvmMsi {
     }
 }
 
+impl Drop for PciBus {
+    /// The root holds the MMIO bus, which holds the ECAM device, which holds the root: break
+    /// that cycle so the devices are dropped with the VM (their workers joined, their disks
+    /// flushed and closed, their image locks released).
+    fn drop(&mut self) {
+        self.io.remove(CONFIG_IO_BASE);
+        self.mmio.remove(ECAM_START);
+    }
+}
+
 /// The PCI root bus of a VM and the devices on it.
 pub struct PciBus {
     vm: Arc<hypervisor::Vm>,
@@ -100,6 +110,8 @@ pub struct PciBus {
     next_gsi: u32,
     next_bar: u64,
     devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    io: Bus,
+    mmio: Bus,
 }
 
 impl PciBus {
@@ -130,6 +142,8 @@ impl PciBus {
             next_gsi: FIRST_MSI_GSI,
             next_bar: PCI_MMIO32_START,
             devices: Vec::new(),
+            io: io.clone(),
+            mmio: mmio.clone(),
         })
     }
 

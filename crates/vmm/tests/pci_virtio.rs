@@ -192,3 +192,25 @@ fn find_msix(vm: &Vm, dev: u8) -> u8 {
     }
     panic!("capability list loops");
 }
+
+#[test]
+fn dropping_the_vm_closes_its_disks() {
+    let disk = temp_disk("close", |_| 0);
+    let cfg = DiskConfig {
+        path: disk.clone(),
+        format: storage::Format::Raw,
+        read_only: false,
+    };
+    let mut vm = build_vm();
+    vm.pci().add_disk(&cfg).unwrap();
+    // The image is locked for writing: a second writer is refused while the VM exists.
+    let mut other = build_vm();
+    assert!(other.pci().add_disk(&cfg).is_err());
+    drop(vm);
+    other
+        .pci()
+        .add_disk(&cfg)
+        .expect("the first VM released its disk");
+    drop(other);
+    std::fs::remove_file(disk).unwrap();
+}
