@@ -34,6 +34,8 @@ struct Case {
     stderr_has: Option<&'static str>,
     /// vCPUs of the outer machine.
     outer_smp: u32,
+    /// Drive the guest's interactive shell through thinvm's stdin (no guest test script).
+    shell: bool,
 }
 
 const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
@@ -47,6 +49,7 @@ const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
         check_info: false,
         stderr_has: None,
         outer_smp: 1,
+        shell: false,
     }
 }
 
@@ -69,6 +72,11 @@ fn cases() -> Vec<Case> {
             ..case("panic", "panic", 4)
         },
         case("acpi-poweroff", "acpi-poweroff", 0),
+        // Commands typed into the guest's shell through thinvm's stdin (the serial input path).
+        Case {
+            shell: true,
+            ..case("interactive-shell", "", 0)
+        },
         Case {
             cpus: 2,
             outer_smp: 2,
@@ -78,7 +86,30 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Types commands into the guest shell through a FIFO on thinvm's stdin, each after the output
+/// that shows the guest is ready for it.
+fn shell_script(c: &Case) -> String {
+    format!(
+        "[ -x \"$THINVM\" ] || {{ echo 'no thinvm binary in the outer machine'; exit 127; }}\n\
+         d=/tmp/shell.$$; mkdir -p $d; mkfifo $d/in\n\
+         \"$THINVM\" run --testbed never --kernel \"$GUEST_BZIMAGE\" --initrd \"$GUEST_INITRD\" \
+         --cpus {} --memory {}M --cmdline 'console=ttyS0 reboot=k panic=-1 quiet' \
+         <$d/in >$d/out 2>$d/err &\n\
+         pid=$!\nexec 3>$d/in\n\
+         waitfor() {{ i=0; until grep -q \"$1\" $d/out; do i=$((i+1)); \
+         [ $i -gt 600 ] && {{ echo \"never saw $1\"; return 1; }}; sleep 0.2; done; }}\n\
+         waitfor 'thinvm-guest#' && echo 'echo SHELL-$((6*7)); uname -r; nproc' >&3\n\
+         waitfor 'SHELL-42' && echo 'poweroff -f' >&3\n\
+         wait $pid\nrc=$?\nexec 3>&-\n\
+         sed 's/^/OUT: /' $d/out\nsed 's/^/STDERR: /' $d/err\necho \"VMM-RC=$rc\"\nexit $rc\n",
+        c.cpus, c.memory_mib
+    )
+}
+
 fn script(c: &Case) -> String {
+    if c.shell {
+        return shell_script(c);
+    }
     let kernel = match c.kernel {
         Kernel::BzImage => "$GUEST_BZIMAGE",
         Kernel::Vmlinux => "$GUEST_VMLINUX",
@@ -134,6 +165,19 @@ fn check(c: &Case, r: &ScenarioResult, release: &str) -> Vec<String> {
             )),
         }
     }
+    if c.shell {
+        let out: Vec<&str> = r
+            .log
+            .lines()
+            .filter_map(|l| l.strip_prefix("OUT: "))
+            .map(str::trim_end)
+            .collect();
+        for want in ["SHELL-42", release, "1"] {
+            if !out.contains(&want) {
+                errors.push(format!("the guest shell never printed a line {want:?}"));
+            }
+        }
+    }
     if let Some(word) = c.stderr_has {
         let stderr: Vec<&str> = r
             .log
@@ -148,7 +192,7 @@ fn check(c: &Case, r: &ScenarioResult, release: &str) -> Vec<String> {
 }
 
 /// Runs the cases (one outer boot per outer -smp value); true if all passed.
-pub fn run(thinvm: Option<PathBuf>, echo: bool) -> Result<bool> {
+pub fn run(thinvm: Option<PathBuf>, only: Option<&str>, echo: bool) -> Result<bool> {
     let thinvm = crate::thinvm_binary(thinvm)?;
     let config = TestbedConfig {
         outer: OuterSpec {
@@ -159,10 +203,16 @@ pub fn run(thinvm: Option<PathBuf>, echo: bool) -> Result<bool> {
     };
     let tb = Testbed::new(&config)?;
     let release = tb.assets().kernel_release.clone();
-    let all = cases();
+    let all: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| only.is_none_or(|o| c.name.contains(o)))
+        .collect();
     let mut ok = true;
     for smp in [1, 2] {
         let batch: Vec<&Case> = all.iter().filter(|c| c.outer_smp == smp).collect();
+        if batch.is_empty() {
+            continue;
+        }
         let scenarios: Vec<Scenario> = batch
             .iter()
             .map(|c| Scenario {

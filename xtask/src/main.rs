@@ -48,6 +48,9 @@ enum Cmd {
         /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
         #[arg(long)]
         thinvm: Option<PathBuf>,
+        /// Run only the cases whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Benchmarks.
     Bench {
@@ -115,7 +118,7 @@ fn main() -> Result<()> {
             };
             std::process::exit(tb.run_interactive(&opts, &args)?);
         }
-        Cmd::E2e { thinvm } => e2e::run(thinvm, cli.echo)?,
+        Cmd::E2e { thinvm, only } => e2e::run(thinvm, only.as_deref(), cli.echo)?,
         Cmd::Bench {
             what:
                 BenchCmd::Boot {
