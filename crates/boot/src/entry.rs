@@ -3,6 +3,7 @@
 //! The `vmm` crate copies these into the hypervisor's register structures; this crate never
 //! names KVM.
 
+pub use arch::{DescriptorTable, Regs, SRegs, Segment};
 use vm_memory::GuestAddress;
 
 /// How the kernel is entered.
@@ -13,94 +14,6 @@ pub enum BootProtocol {
     Linux64,
     /// Xen PVH: 32-bit protected mode, paging off, `rbx` = `hvm_start_info`.
     Pvh,
-}
-
-/// General purpose registers the boot vCPU starts with (all others are zero).
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct Regs {
-    /// Instruction pointer: the kernel entry point.
-    pub rip: u64,
-    /// Stack pointer.
-    pub rsp: u64,
-    /// Frame pointer.
-    pub rbp: u64,
-    /// Zero page address (Linux64).
-    pub rsi: u64,
-    /// `hvm_start_info` address (PVH).
-    pub rbx: u64,
-    /// Flags: only the reserved bit 1 (0x2).
-    pub rflags: u64,
-}
-
-/// A segment register with its hidden part, as the hypervisor loads it.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct Segment {
-    /// Base address.
-    pub base: u64,
-    /// Limit in bytes (already scaled by the granularity bit).
-    pub limit: u32,
-    /// Selector (GDT index * 8).
-    pub selector: u16,
-    /// Descriptor type field (4 bits).
-    pub type_: u8,
-    /// Present bit.
-    pub present: u8,
-    /// Descriptor privilege level.
-    pub dpl: u8,
-    /// Default operation size (1 = 32-bit).
-    pub db: u8,
-    /// Descriptor type (1 = code/data, 0 = system).
-    pub s: u8,
-    /// 64-bit code segment.
-    pub l: u8,
-    /// Granularity (1 = limit in 4 KiB units in the descriptor).
-    pub g: u8,
-    /// Available for software.
-    pub avl: u8,
-    /// The segment is unusable (null selector or not present).
-    pub unusable: u8,
-}
-
-/// GDTR / IDTR.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct DescriptorTable {
-    /// Guest-physical base of the table.
-    pub base: u64,
-    /// Size of the table in bytes, minus one.
-    pub limit: u16,
-}
-
-/// Special registers the boot vCPU starts with.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct SRegs {
-    /// Code segment.
-    pub cs: Segment,
-    /// Data segment.
-    pub ds: Segment,
-    /// Extra segment.
-    pub es: Segment,
-    /// FS.
-    pub fs: Segment,
-    /// GS.
-    pub gs: Segment,
-    /// Stack segment.
-    pub ss: Segment,
-    /// Task register.
-    pub tr: Segment,
-    /// Local descriptor table register (unusable).
-    pub ldt: Segment,
-    /// GDTR.
-    pub gdt: DescriptorTable,
-    /// IDTR.
-    pub idt: DescriptorTable,
-    /// CR0.
-    pub cr0: u64,
-    /// CR3 (PML4 address with the 64-bit entry, 0 otherwise).
-    pub cr3: u64,
-    /// CR4.
-    pub cr4: u64,
-    /// EFER MSR.
-    pub efer: u64,
 }
 
 /// Everything the VMM needs to start the boot vCPU.
@@ -160,8 +73,8 @@ pub(crate) fn linux64(rip: u64, cr3: u64, kernel_end: u64) -> EntryState {
             rsp: BOOT_STACK_POINTER,
             rbp: BOOT_STACK_POINTER,
             rsi: ZERO_PAGE_START,
-            rbx: 0,
             rflags: RFLAGS_RESET,
+            ..Regs::default()
         },
         sregs: SRegs {
             cr0: X86_CR0_PE | X86_CR0_ET | X86_CR0_PG,
@@ -183,9 +96,9 @@ pub(crate) fn pvh(rip: u64, start_info: u64, kernel_end: u64) -> EntryState {
             rip,
             rsp: BOOT_STACK_POINTER,
             rbp: BOOT_STACK_POINTER,
-            rsi: 0,
             rbx: start_info,
             rflags: RFLAGS_RESET,
+            ..Regs::default()
         },
         sregs: SRegs {
             cr0: X86_CR0_PE | X86_CR0_ET,

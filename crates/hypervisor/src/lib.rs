@@ -4,7 +4,6 @@
 //! as the hypervisor-neutral [`VcpuExit`], and register state goes in and out as the neutral
 //! types of [`arch`], so the rest of the VMM never sees a KVM structure.
 
-pub mod arch;
 mod cpuid;
 mod error;
 mod host;

@@ -8,8 +8,8 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::arch::{Regs, SRegs, Segment};
 use crate::{Error, Result};
+use arch::{Regs, SRegs, Segment};
 
 /// Why KVM_RUN returned, without any KVM type in it.
 #[derive(Debug)]

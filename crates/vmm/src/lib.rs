@@ -5,7 +5,6 @@
 
 pub mod bench;
 pub mod console;
-mod convert;
 mod devices;
 mod error;
 pub mod exit;

@@ -14,7 +14,7 @@ use crate::devices::{self as dm, PlatformDevices};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::pci::PciBus;
 use crate::vcpu::{Control, Request, VcpuContext, VcpuHandle, VcpuMetrics};
-use crate::{convert, memory, Error};
+use crate::{memory, Error};
 
 /// What the guest boots.
 #[derive(Clone, Debug)]
@@ -283,7 +283,7 @@ fn load_payload(
                     cpus: cpus as u8,
                 },
             )?;
-            Ok(convert::entry_state(&entry))
+            Ok((entry.regs, entry.sregs))
         }
         (
             Payload::Raw {
