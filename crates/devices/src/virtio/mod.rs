@@ -47,6 +47,8 @@ pub const STATUS_FAILED: u8 = 0x80;
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Feature: indirect descriptors.
 pub const F_RING_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature: used_event / avail_event notification suppression.
+pub const F_RING_EVENT_IDX: u64 = 1 << 29;
 
 /// "No MSI-X vector" in the vector registers.
 pub const NO_VECTOR: u16 = 0xffff;

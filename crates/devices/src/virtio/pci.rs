@@ -14,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::common::{CommonConfig, StatusAction};
-use super::{InterruptKind, VirtioDevice, VirtioInterrupt, NO_VECTOR};
+use super::{InterruptKind, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX, NO_VECTOR};
 use crate::legacy::GuestLog;
 use crate::pci::{BarInfo, BarKind, ConfigError, MsiSink, Msix, PciConfig, PciDevice, PciIds};
 
@@ -243,7 +243,9 @@ impl VirtioPciDevice {
                     "queue {i} rings are outside guest memory or misaligned"
                 ));
             }
-            queues.push(Queue::try_from(q.state()).map_err(|e| format!("queue {i}: {e:?}"))?);
+            let mut queue = Queue::try_from(q.state()).map_err(|e| format!("queue {i}: {e:?}"))?;
+            queue.set_event_idx(self.common.driver_features() & F_RING_EVENT_IDX != 0);
+            queues.push(queue);
         }
         let events = self
             .events

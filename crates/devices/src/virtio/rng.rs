@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     device_type, ActivateError, InterruptKind, QueueHandler, VirtioDevice, VirtioInterrupt,
-    WorkerThread, F_VERSION_1,
+    WorkerThread, F_RING_EVENT_IDX, F_VERSION_1,
 };
 use crate::legacy::GuestLog;
 
@@ -120,7 +120,7 @@ impl VirtioDevice for Rng {
     }
 
     fn features(&self) -> u64 {
-        F_VERSION_1
+        F_VERSION_1 | F_RING_EVENT_IDX
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
@@ -177,22 +177,33 @@ struct RngWorker {
 impl QueueHandler for RngWorker {
     fn handle_queue(&mut self, _queue: usize) {
         let mut used = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let n = serve_chain(&self.mem, chain).unwrap_or_else(|| {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.log.warn(format_args!(
-                    "virtio-rng: bad descriptor chain {head} refused"
-                ));
-                0
-            });
-            self.stats.bytes.fetch_add(u64::from(n), Ordering::Relaxed);
-            if let Err(e) = self.queue.add_used(&self.mem, head, n) {
-                self.log.warn(format_args!(
-                    "virtio-rng: cannot return descriptor {head}: {e:?}"
-                ));
+        loop {
+            let _ = self.queue.disable_notification(&self.mem);
+            let mut progress = false;
+            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+                progress = true;
+                let head = chain.head_index();
+                let n = serve_chain(&self.mem, chain).unwrap_or_else(|| {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    self.log.warn(format_args!(
+                        "virtio-rng: bad descriptor chain {head} refused"
+                    ));
+                    0
+                });
+                self.stats.bytes.fetch_add(u64::from(n), Ordering::Relaxed);
+                if let Err(e) = self.queue.add_used(&self.mem, head, n) {
+                    self.log.warn(format_args!(
+                        "virtio-rng: cannot return descriptor {head}: {e:?}"
+                    ));
+                }
+                used = true;
             }
-            used = true;
+            // Stop when nothing more is available, or when a bogus avail index makes the ring
+            // unservable (no progress): the next notification retries.
+            let more = matches!(self.queue.enable_notification(&self.mem), Ok(true));
+            if !progress || !more {
+                break;
+            }
         }
         if used && !matches!(self.queue.needs_notification(&self.mem), Ok(false)) {
             let _ = self.interrupt.trigger(InterruptKind::Queue(0));

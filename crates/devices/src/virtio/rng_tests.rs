@@ -48,7 +48,7 @@ fn bad_chains_are_refused() {
 #[test]
 fn device_offers_version_1_and_one_queue() {
     let r = Rng::new();
-    assert_eq!(r.features(), F_VERSION_1);
+    assert_eq!(r.features(), F_VERSION_1 | crate::virtio::F_RING_EVENT_IDX);
     assert_eq!(r.queue_max_sizes(), &[QUEUE_SIZE]);
     assert_eq!(r.device_type(), device_type::RNG);
 }

@@ -25,7 +25,7 @@ pub use request::{
 
 use super::{
     device_type, read_config_bytes, ActivateError, InterruptKind, QueueHandler, VirtioDevice,
-    VirtioInterrupt, WorkerThread, F_RING_INDIRECT_DESC, F_VERSION_1,
+    VirtioInterrupt, WorkerThread, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
 };
 use crate::legacy::GuestLog;
 
@@ -117,6 +117,7 @@ impl VirtioDevice for Block {
         let bit = |b: u32| 1u64 << b;
         let mut f = F_VERSION_1
             | F_RING_INDIRECT_DESC
+            | F_RING_EVENT_IDX
             | bit(VIRTIO_BLK_F_SEG_MAX)
             | bit(VIRTIO_BLK_F_BLK_SIZE)
             | bit(VIRTIO_BLK_F_FLUSH);
@@ -186,7 +187,41 @@ struct BlockWorker {
 }
 
 impl BlockWorker {
+    /// Serves until the ring is empty with notifications re-enabled (with EVENT_IDX that
+    /// publishes avail_event, without it clears NO_NOTIFY), so no notification is lost.
     fn serve(&mut self) -> bool {
+        let mut used = false;
+        loop {
+            let _ = self.queue.disable_notification(&self.mem);
+            let progress = self.serve_available();
+            used |= progress;
+            match self.queue.enable_notification(&self.mem) {
+                // More became available meanwhile. Without progress the avail index is bogus
+                // (pop refused it): stop rather than spin; the next notification retries.
+                Ok(true) if progress => continue,
+                Ok(true) => {
+                    self.log.warn(format_args!(
+                        "virtio-blk: avail index {} is not servable (next {})",
+                        self.queue
+                            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                            .map_or(0, |w| w.0),
+                        self.queue.next_avail()
+                    ));
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    self.log.warn(format_args!(
+                        "virtio-blk: cannot enable notifications: {e:?}"
+                    ));
+                    break;
+                }
+            }
+        }
+        used
+    }
+
+    fn serve_available(&mut self) -> bool {
         let mut used = false;
         let mut disk = lock(&self.disk);
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
