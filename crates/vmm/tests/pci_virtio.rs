@@ -214,3 +214,142 @@ fn dropping_the_vm_closes_its_disks() {
     drop(other);
     std::fs::remove_file(disk).unwrap();
 }
+
+/// Guest code helpers beyond the shared assembler (flat 32-bit protected mode).
+trait MoreAsm {
+    fn raw(self, bytes: &[u8]) -> Self;
+    /// mov dword [addr], v
+    fn store32(self, addr: u32, v: u32) -> Self;
+    /// mov word [addr], v
+    fn store16(self, addr: u32, v: u16) -> Self;
+    /// mov byte [addr], v
+    fn store8(self, addr: u32, v: u8) -> Self;
+    /// Configuration write of a dword through ports 0xCF8/0xCFC.
+    fn pci_write32(self, dev: u8, reg: u8, v: u32) -> Self;
+    /// Spins until the byte at `addr` equals `v`.
+    fn wait_byte(self, addr: u32, v: u8) -> Self;
+}
+
+impl MoreAsm for Asm {
+    fn raw(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn store32(self, addr: u32, v: u32) -> Self {
+        let mut b = vec![0xc7, 0x05];
+        b.extend(addr.to_le_bytes());
+        b.extend(v.to_le_bytes());
+        self.raw(&b)
+    }
+    fn store16(self, addr: u32, v: u16) -> Self {
+        let mut b = vec![0x66, 0xc7, 0x05];
+        b.extend(addr.to_le_bytes());
+        b.extend(v.to_le_bytes());
+        self.raw(&b)
+    }
+    fn store8(self, addr: u32, v: u8) -> Self {
+        let mut b = vec![0xc6, 0x05];
+        b.extend(addr.to_le_bytes());
+        b.push(v);
+        self.raw(&b)
+    }
+    fn pci_write32(self, dev: u8, reg: u8, v: u32) -> Self {
+        let addr = 0x8000_0000u32 | u32::from(dev) << 11 | u32::from(reg);
+        let mut b = vec![0x66, 0xba, 0xf8, 0x0c, 0xb8]; // mov dx, 0xcf8; mov eax, addr
+        b.extend(addr.to_le_bytes());
+        b.extend([0xef, 0x66, 0xba, 0xfc, 0x0c, 0xb8]); // out dx, eax; mov dx, 0xcfc; mov eax, v
+        b.extend(v.to_le_bytes());
+        b.push(0xef); // out dx, eax
+        self.raw(&b)
+    }
+    fn wait_byte(self, addr: u32, v: u8) -> Self {
+        let top = self.here();
+        let s = self.load_al(addr).raw(&[0x3c, v]); // cmp al, v
+        let rel = top as isize - (s.here() as isize + 2);
+        s.raw(&[0x75, rel as i8 as u8]) // jne top
+    }
+}
+
+/// Runs a VM to its end, with a watchdog so a broken test fails instead of hanging.
+fn run_to_end(vm: &mut Vm) -> vmm::ExitReason {
+    vm.start().expect("start vCPUs");
+    let exit = vm.exit_signal().clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while exit.get().is_none() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        exit.set(vmm::ExitReason::Internal(
+            "test watchdog: 60 s passed".into(),
+        ));
+    });
+    let reason = vm.wait();
+    watchdog.join().unwrap();
+    reason
+}
+
+/// A hand-made guest drives virtio-blk itself (config ports, BAR writes, the notify doorbell
+/// that KVM turns into an ioeventfd signal) with a hostile chain first and a good one after:
+/// the bad request fails with IOERR, the good one is served, the guest powers off.
+#[test]
+fn guest_driver_with_a_hostile_chain() {
+    const BAR: u32 = 0xc000_0000;
+    let disk = temp_disk("guest", |i| (i / 512) as u8 ^ 0xa5);
+    let code = Asm::default()
+        .pci_write32(1, 0x04, 0x0000_0006)
+        .store8(BAR + 0x14, 1)
+        .store8(BAR + 0x14, 3)
+        .store32(BAR + 0x08, 1)
+        .store32(BAR + 0x0c, 1)
+        .store8(BAR + 0x14, 0xb)
+        .store16(BAR + 0x18, 16)
+        .store32(BAR + 0x20, 0x10000)
+        .store32(BAR + 0x24, 0)
+        .store32(BAR + 0x28, 0x11000)
+        .store32(BAR + 0x2c, 0)
+        .store32(BAR + 0x30, 0x12000)
+        .store32(BAR + 0x34, 0)
+        .store16(BAR + 0x1c, 1)
+        .store8(BAR + 0x14, 0xf)
+        .store16(BAR + 0x3000, 0)
+        .wait_byte(0x12002, 2)
+        .acpi_poweroff();
+    let out = Captured::default();
+    let mut vm = Vm::new(&config(code, 1), Box::new(out)).expect("build VM");
+    vm.pci()
+        .add_disk(&DiskConfig {
+            path: disk.clone(),
+            format: storage::Format::Raw,
+            read_only: false,
+        })
+        .unwrap();
+    let mem = vm.memory().clone();
+    let w = |addr: u64, bytes: &[u8]| mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+    // Request 1 (head 0): its data buffer lies past the end of the 32 MiB of RAM.
+    w(0x13000, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+    desc(&w, 0, 0x13000, 16, 1, 1);
+    desc(&w, 1, 0x7000_0000, 512, 3, 2);
+    desc(&w, 2, 0x21000, 1, 2, 0);
+    // Request 2 (head 3): a good read of sector 5.
+    w(0x13100, &[0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+    desc(&w, 3, 0x13100, 16, 1, 4);
+    desc(&w, 4, 0x20000, 512, 3, 5);
+    desc(&w, 5, 0x21001, 1, 2, 0);
+    w(0x21000, &[0xff, 0xff]);
+    w(0x11004, &0u16.to_le_bytes());
+    w(0x11006, &3u16.to_le_bytes());
+    w(0x11002, &2u16.to_le_bytes());
+    assert_eq!(run_to_end(&mut vm), vmm::ExitReason::PowerOff);
+    let mut status = [0u8; 2];
+    mem.read_slice(&mut status, GuestAddress(0x21000)).unwrap();
+    assert_eq!(
+        status,
+        [1, 0],
+        "IOERR for the hostile request, OK for the good one"
+    );
+    let mut data = [0u8; 512];
+    mem.read_slice(&mut data, GuestAddress(0x20000)).unwrap();
+    assert!(data.iter().all(|&b| b == 5 ^ 0xa5));
+    drop(vm);
+    std::fs::remove_file(disk).unwrap();
+}
