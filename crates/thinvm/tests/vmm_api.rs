@@ -27,6 +27,18 @@ async fn wait_state(c: &Client, want: &str) {
     }
 }
 
+/// Kills the VMM if the test fails half-way.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // SAFETY: kill with the VMM's pid and a signal number.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_vm_api_drives_a_vmm() {
     if !have_kvm() {
@@ -45,6 +57,8 @@ async fn per_vm_api_drives_a_vmm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id() as i32;
+    let _guard = KillOnDrop(pid);
     let t0 = Instant::now();
     while !sock.exists() {
         assert!(t0.elapsed() < Duration::from_secs(10));
