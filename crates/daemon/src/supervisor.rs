@@ -188,6 +188,12 @@ impl Daemon {
         restarts: u32,
     ) -> Result<VmRow, ApiError> {
         let row = self.db.get(name).await.map_err(db_error)?;
+        // Again at every start: a path may have been swapped for a symlink since the create.
+        let spec = &row.status.spec;
+        self.confine("kernel", &spec.kernel)?;
+        if let Some(i) = &spec.initrd {
+            self.confine("initrd", i)?;
+        }
         let dir = self.vm_dir(name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;

@@ -296,3 +296,20 @@ async fn metrics_show_states() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn paths_are_checked_again_at_start() {
+    let e = env("restart-path");
+    call(&e.app, Method::POST, "/v1/vms", &vm("a", &e.kernel)).await;
+    // The kernel is replaced by a symlink that leaves the allowed folder.
+    std::fs::remove_file(&e.kernel).unwrap();
+    std::os::unix::fs::symlink(e.dir.join("outside"), &e.kernel).unwrap();
+    let (s, v) = call(&e.app, Method::POST, "/v1/vms/a/start", "").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("path_not_allowed")),
+        "{v}"
+    );
+    let (_, v) = call(&e.app, Method::GET, "/v1/vms/a", "").await;
+    assert_eq!(v["state"], "defined");
+}
