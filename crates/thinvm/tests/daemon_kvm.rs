@@ -200,3 +200,30 @@ async fn bad_input_over_the_socket_changes_nothing() {
     assert_eq!(before, after);
     assert_eq!(d.vmm_pids().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autostart_vms_start_with_the_daemon() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = scratch("daemon-auto");
+    let mut d = Thinvmd::start(&dir);
+    let c = d.client.clone();
+    let mut auto = spec("auto", &dir, "idle", "never");
+    auto["autostart"] = json!(true);
+    call(&c, "POST", "/v1/vms", Some(&auto)).await;
+    call(
+        &c,
+        "POST",
+        "/v1/vms",
+        Some(&spec("manual", &dir, "idle", "never")),
+    )
+    .await;
+    d.sigkill();
+    d.spawn();
+    let v = wait_vm(&c, "auto", 15, |v| state(v) == "running").await;
+    assert!(v["pid"].is_i64());
+    let (_, m) = call(&c, "GET", "/v1/vms/manual", None).await;
+    assert_eq!(state(&m), "defined");
+    assert_eq!(d.vmm_pids().len(), 1);
+}
