@@ -95,6 +95,51 @@ impl Client {
         sender.send_request(req).await.map_err(http)
     }
 
+    /// Sends `GET uri` asking to upgrade the connection to `protocol`; on 101 returns the raw
+    /// byte stream.
+    pub async fn upgrade(
+        &self,
+        uri: &str,
+        protocol: &str,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let stream =
+            UnixStream::connect(&self.path)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        let http = |source| ClientError::Http {
+            path: self.path.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let req = Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header("host", "localhost")
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Decode {
+                what: format!("GET {uri}"),
+                reason: e.to_string(),
+            })?;
+        let resp = sender.send_request(req).await.map_err(http)?;
+        let status = resp.status().as_u16();
+        if status != 101 {
+            let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
+            return Err(ClientError::Api(error_from(status, &body)));
+        }
+        let up = hyper::upgrade::on(resp).await.map_err(http)?;
+        Ok(TokioIo::new(up))
+    }
+
     /// Sends one request and reads the whole answer.
     pub async fn request(
         &self,

@@ -34,6 +34,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/logs", get(logs))
+        .route("/v1/vms/{name}/console", get(console))
         .route("/v1/events", get(events))
         .route(
             "/v1/openapi.json",
@@ -198,4 +199,56 @@ async fn events(
 async fn metrics(State(d): D) -> Res<impl IntoResponse> {
     let text = crate::metrics::render(&d).await?;
     Ok(([("content-type", "text/plain; version=0.0.4")], text))
+}
+
+/// The protocol name a console client asks for in `Upgrade:`.
+pub const CONSOLE_PROTOCOL: &str = "thinvm-console";
+
+/// Attaches to the VM's serial console: an HTTP/1.1 upgrade, then raw bytes both ways between
+/// the client and the VMM's console socket.
+async fn console(
+    State(d): D,
+    Path(name): Path<String>,
+    mut req: axum::extract::Request,
+) -> Res<axum::response::Response> {
+    checked(&name)?;
+    let vm = d.get(&name).await?;
+    if !matches!(
+        vm.state,
+        api::daemon::State::Running | api::daemon::State::Paused
+    ) {
+        return Err(ApiError::conflict(format!(
+            "cannot attach to {name:?}: it is {}",
+            vm.state.as_str()
+        )));
+    }
+    let wants = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(CONSOLE_PROTOCOL));
+    if !wants {
+        return Err(ApiError::bad_request(format!(
+            "the console needs an HTTP/1.1 upgrade to {CONSOLE_PROTOCOL} (use `thinvm vm console`)"
+        )));
+    }
+    let path = d.vm_dir(&name).join("console.sock");
+    let mut vmm = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(up) => {
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut up, &mut vmm).await;
+            }
+            Err(e) => tracing::warn!("console upgrade failed: {e}"),
+        }
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", CONSOLE_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -234,6 +234,8 @@ impl Daemon {
             "--exit-with-vm".into(),
             "--exit-file".into(),
             p("exit.json"),
+            "--console-socket".into(),
+            p("console.sock"),
             "--log-max".into(),
             self.cfg.log_max.to_string(),
         ]

@@ -10,6 +10,7 @@ mod size;
 mod vm_cmd;
 mod vmm_api;
 mod vmm_cmd;
+mod vmm_console;
 
 use clap::{Parser, Subcommand};
 

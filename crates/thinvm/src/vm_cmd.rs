@@ -94,7 +94,7 @@ pub enum VmCommand {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Follow a VM's console output (read-only for now: input is not forwarded yet).
+    /// Attach to a VM's serial console (Ctrl-A x detaches; Ctrl-A Ctrl-A sends Ctrl-A).
     Console { name: String },
 }
 
@@ -199,8 +199,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             return Ok(0);
         }
         VmCommand::Console { name } => {
-            eprintln!("thinvm: following {name}'s console (read-only; Ctrl-C ends)");
-            logs(c, &name, Some(4096), true).await?;
+            console(c, &name).await?;
             return Ok(0);
         }
     };
@@ -255,6 +254,68 @@ async fn logs(c: &Client, name: &str, tail: Option<u64>, follow: bool) -> anyhow
         printed = Some(r.body.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Attaches this terminal to the VM's console through the daemon (an HTTP upgrade).
+async fn console(c: &Client, name: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = c
+        .upgrade(&format!("/v1/vms/{name}/console"), "thinvm-console")
+        .await
+        .map_err(|e| match e {
+            ClientError::Api(a) => anyhow::anyhow!("{} ({})", a.message, a.code),
+            other => anyhow::anyhow!("{other}"),
+        })?;
+    let raw = vmm::console::RawTerminal::enable(0)?;
+    eprint!("thinvm: attached to {name}'s console; Ctrl-A x detaches\r\n");
+    // Standard input is read on its own thread (a blocking read cannot be cancelled).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    std::thread::Builder::new()
+        .name("console-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 1024];
+            loop {
+                match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                    Ok(n) if n > 0 => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        })?;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut out = std::io::stdout();
+    let mut pending = false;
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                let (bytes, quit) = if raw.is_some() {
+                    vmm::console::filter_escape(&input, &mut pending)
+                } else {
+                    (input, false)
+                };
+                wr.write_all(&bytes).await?;
+                if quit {
+                    break;
+                }
+            }
+            n = rd.read(&mut buf) => {
+                let n = n?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+        }
+    }
+    drop(raw);
+    eprintln!("\nthinvm: detached from {name}");
+    Ok(())
 }
 
 /// The human table of `list`.

@@ -14,6 +14,7 @@ use api::ApiError;
 use vmm::{ExitReason, ExitSignal, Payload, Vm};
 
 use crate::vmm_api::{ApiThread, CappedLog, Cmd, Shared};
+use crate::vmm_console::ConsoleHub;
 
 /// Options of `thinvm vmm`.
 #[derive(Clone, Debug, clap::Args)]
@@ -27,6 +28,10 @@ pub struct VmmArgs {
     /// Write why the VM ended (JSON) to this file, replacing it atomically.
     #[arg(long, value_name = "PATH")]
     pub exit_file: Option<PathBuf>,
+    /// Also serve the serial console on this Unix socket (mode 0600): clients get the output
+    /// and their input goes to the guest.
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// Largest size of a serial log file (`serial.mode = File`) before it is rotated.
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
     pub log_max: u64,
@@ -41,6 +46,11 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
     vmm::signals::watch_stop_signals(stop.clone())?;
     let (shared, rx) = Shared::new(None, VmState::Created);
     let _api = ApiThread::start(&args.api_socket, shared.clone())?;
+    let hub = args
+        .console_socket
+        .as_deref()
+        .map(ConsoleHub::start)
+        .transpose()?;
     let mut code = 0;
     loop {
         if stop.get().is_some() {
@@ -59,7 +69,7 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
                         .send(Err(ApiError::not_found("vm.boot: no VM is created")));
                     continue;
                 };
-                let vm = match boot(&config, args.log_max) {
+                let vm = match boot(&config, args.log_max, hub.as_ref()) {
                     Ok(vm) => vm,
                     Err(e) => {
                         let _ = cmd.reply.send(Err(e));
@@ -67,8 +77,14 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
                     }
                 };
                 set_running(&shared, &vm);
+                if let Some(h) = &hub {
+                    h.attach(&vm);
+                }
                 let _ = cmd.reply.send(Ok(()));
                 let end = drive(&vm, &rx, &shared, &stop);
+                if let Some(h) = &hub {
+                    h.detach();
+                }
                 drop(vm);
                 finish(&shared, &end, args.exit_file.as_deref());
                 code = end.reason.exit_code();
@@ -226,7 +242,7 @@ fn write_exit_file(path: &Path, reason: &ExitReason) -> anyhow::Result<()> {
 }
 
 /// Builds and starts the VM of `config`.
-fn boot(config: &VmConfig, log_max: u64) -> Result<Vm, ApiError> {
+fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Result<Vm, ApiError> {
     let console: Box<dyn Write + Send> =
         match config.serial.mode {
             ConsoleMode::Tty => Box::new(std::io::stdout()),
@@ -238,6 +254,10 @@ fn boot(config: &VmConfig, log_max: u64) -> Result<Vm, ApiError> {
                 })?)
             }
         };
+    let console = match hub {
+        Some(h) => h.tee(console),
+        None => console,
+    };
     let cfg = vmm::VmConfig {
         payload: Payload::Linux {
             kernel: config.payload.kernel.clone().unwrap_or_default().into(),

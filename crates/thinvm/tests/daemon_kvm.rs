@@ -227,3 +227,57 @@ async fn autostart_vms_start_with_the_daemon() {
     assert_eq!(state(&m), "defined");
     assert_eq!(d.vmm_pids().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_attaches_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !have_kvm() {
+        return;
+    }
+    let dir = scratch("daemon-console");
+    let d = Thinvmd::start(&dir);
+    let c = d.client.clone();
+    call(
+        &c,
+        "POST",
+        "/v1/vms",
+        Some(&spec("echo", &dir, "echo", "never")),
+    )
+    .await;
+    // Not running yet: refused.
+    let e = c
+        .upgrade("/v1/vms/echo/console", "thinvm-console")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("defined"), "{e}");
+    call(&c, "POST", "/v1/vms/echo/start", None).await;
+    let mut io = c
+        .upgrade("/v1/vms/echo/console", "thinvm-console")
+        .await
+        .unwrap();
+    io.write_all(b"ping 42\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&got).contains("ping 42") {
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
+            .await
+            .expect("echo within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "console closed; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(io);
+    // The echoed text is in the log too.
+    let (_, log) = call(&c, "GET", "/v1/vms/echo/logs", None).await;
+    assert!(log.as_str().unwrap().contains("hello\nping 42"), "{log}");
+    // A plain GET (no upgrade) is a clear 400.
+    let (s, v) = call(&c, "GET", "/v1/vms/echo/console", None).await;
+    assert_eq!(s, 400, "{v}");
+    call(&c, "POST", "/v1/vms/echo/kill", None).await;
+    wait_vm(&c, "echo", 10, |v| state(v) == "stopped").await;
+}

@@ -22,6 +22,8 @@ pub enum Guest {
     Button,
     /// Prints "hello", then reports a panic on the pvpanic port.
     Panic,
+    /// Prints "hello", then echoes every byte received on the serial port (polls LSR).
+    Echo,
 }
 
 fn code(g: Guest) -> Vec<u8> {
@@ -41,6 +43,16 @@ fn code(g: Guest) -> Vec<u8> {
             c.extend([
                 0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x00, 0x34, 0x66, 0xef, 0xeb, 0xfe,
             ]);
+        }
+        Guest::Echo => {
+            // poll: mov dx, 0x3fd; in al, dx; test al, 1; jz poll
+            let poll = [0x66, 0xba, 0xfd, 0x03, 0xec, 0xa8, 0x01];
+            c.extend(poll);
+            c.extend([0x74, (256 - (poll.len() + 2)) as u8]);
+            // mov dx, 0x3f8; in al, dx; out dx, al; jmp poll
+            let echo = [0x66, 0xba, 0xf8, 0x03, 0xec, 0xee];
+            c.extend(echo);
+            c.extend([0xeb, (256 - (poll.len() + 2 + echo.len() + 2)) as u8]);
         }
         Guest::Panic => {
             c.extend([0x66, 0xba, 0x05, 0x05, 0xb0, 0x01, 0xee]); // mov dx, 0x505; mov al, 1; out
@@ -85,6 +97,7 @@ pub fn scratch(tag: &str) -> PathBuf {
     write_guest(&dir.join("images/idle"), Guest::Idle);
     write_guest(&dir.join("images/button"), Guest::Button);
     write_guest(&dir.join("images/panic"), Guest::Panic);
+    write_guest(&dir.join("images/echo"), Guest::Echo);
     dir
 }
 
