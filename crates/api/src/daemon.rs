@@ -256,6 +256,12 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/v1/vms/{name}/console",
+        summary: "Attach to the serial console (HTTP/1.1 Upgrade: thinvm-console, then raw bytes)",
+        status: 101,
+    },
+    Route {
+        method: "get",
         path: "/v1/events",
         summary: "State changes as server-sent events (Last-Event-ID resumes)",
         status: 200,
