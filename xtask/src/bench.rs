@@ -246,11 +246,13 @@ mod tests {
     #[test]
     fn scripts_skip_after_failure_and_measure() {
         let v = vmms(true);
-        assert_eq!(v.len(), 3);
+        let labels: Vec<&str> = v.iter().map(|(l, _)| *l).collect();
+        assert_eq!(labels, ["thinvm", "thinvm-pvh", "qemu-pc", "qemu-microvm"]);
         let s = script(v[0].0, &v[0].1);
         assert!(s.contains("thinvm-measure thinvm \"$THINVM\" run"), "{s}");
         assert!(s.contains("/tmp/broken-thinvm"), "{s}");
-        assert!(v[2].1.contains("microvm,rtc=on") && v[2].1.contains("-device i8042"));
-        assert!(vmms(false).iter().all(|(l, _)| *l != "thinvm"));
+        assert!(v[1].1.contains("$GUEST_VMLINUX"), "{}", v[1].1);
+        assert!(v[3].1.contains("microvm,rtc=on") && v[3].1.contains("-device i8042"));
+        assert!(vmms(false).iter().all(|(l, _)| !l.starts_with("thinvm")));
     }
 }
