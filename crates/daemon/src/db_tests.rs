@@ -91,3 +91,45 @@ fn restart_policy_table() {
     assert!(!should_restart(RestartPolicy::OnFailure, false));
     assert!(should_restart(RestartPolicy::Always, false));
 }
+
+#[tokio::test]
+async fn a_full_database_is_an_error_not_a_corruption() {
+    let (dir, db) = temp_db("full");
+    // A tiny page budget stands in for a full disk: SQLite answers SQLITE_FULL.
+    db.tx(|t| {
+        t.execute_batch("PRAGMA max_page_count = 12")
+            .map_err(|source| DbError::Sqlite {
+                path: "x".into(),
+                source,
+            })
+    })
+    .await
+    .unwrap();
+    let mut stored = 0;
+    let mut failure = None;
+    for i in 0..10_000 {
+        let mut s = spec(&format!("vm-{i}"));
+        s.cmdline = Some("x".repeat(500));
+        match db.insert(s).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the database must fill up");
+    assert!(failure.to_string().contains("full"), "{failure}");
+    // Nothing half-written: every acknowledged VM is there with its event, and the file is sound.
+    assert_eq!(db.list().await.unwrap().len(), stored);
+    assert_eq!(db.events_after(0, 100_000).await.unwrap().len(), stored);
+    let check: String = db
+        .tx(|t| {
+            Ok(t.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

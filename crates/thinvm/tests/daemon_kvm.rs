@@ -281,3 +281,67 @@ async fn console_attaches_both_ways() {
     call(&c, "POST", "/v1/vms/echo/kill", None).await;
     wait_vm(&c, "echo", 10, |v| state(v) == "stopped").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_the_daemon() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = scratch("daemon-cli");
+    let d = Thinvmd::start(&dir);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(daemon_support::THINVM)
+            .arg("vm")
+            .args(args)
+            .env("THINVM_SOCKET", &d.socket)
+            .current_dir(dir.join("images"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A relative kernel path is made absolute by the CLI.
+    let (code, out, err) = cli(&[
+        "create",
+        "web",
+        "--kernel",
+        "button",
+        "--memory",
+        "32M",
+        "--restart",
+        "on-failure",
+        "--start",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("web") && out.contains("running"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&["list", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v[0]["name"].as_str(), v[0]["restart"].as_str()),
+        (Some("web"), Some("on-failure"))
+    );
+    let (_, out, _) = cli(&["list"]);
+    assert!(out.starts_with("NAME") && out.contains("32M"), "{out}");
+    let (code, out, _) = cli(&["stop", "web", "--timeout", "20"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("stopped"), "stop waits until stopped: {out}");
+    let (_, out, _) = cli(&["logs", "web"]);
+    assert_eq!(out, "hello\n");
+    let (code, _, err) = cli(&["pause", "web"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("conflict") && err.contains("stopped"), "{err}");
+    let (code, _, err) = cli(&["create", "Bad/Name", "--kernel", "button"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid VM name"), "{err}");
+    let (code, out, _) = cli(&["delete", "web"]);
+    assert_eq!((code, out.trim()), (Some(0), "deleted web"));
+    let (_, out, _) = cli(&["list", "--json"]);
+    assert_eq!(out.trim(), "[]");
+}
