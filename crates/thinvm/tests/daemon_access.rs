@@ -15,8 +15,13 @@ const NOGROUP: u32 = 65534;
 const ALLOWED: u32 = 1;
 
 /// Runs `thinvm vm list` as nobody with a primary group and supplementary groups.
-fn list_as(socket: &std::path::Path, gid: u32, groups: &'static [u32]) -> std::process::Output {
-    let mut cmd = Command::new(THINVM);
+fn list_as(
+    bin: &std::path::Path,
+    socket: &std::path::Path,
+    gid: u32,
+    groups: &'static [u32],
+) -> std::process::Output {
+    let mut cmd = Command::new(bin);
     cmd.args(["vm", "list", "--socket"])
         .arg(socket)
         .stdin(Stdio::null());
@@ -49,6 +54,10 @@ fn only_root_and_the_group_are_served() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.join("d.sock");
+    // A copy nobody can run, wherever the build folder is.
+    let bin = dir.join("thinvm");
+    std::fs::copy(THINVM, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut daemon = Command::new(THINVM)
         .args(["daemon", "--group", "daemon", "--socket"])
         .arg(&socket)
@@ -75,9 +84,9 @@ fn only_root_and_the_group_are_served() {
     );
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
 
-    let refused = list_as(&socket, NOGROUP, &[]);
-    let allowed_supp = list_as(&socket, NOGROUP, &[ALLOWED]);
-    let allowed_primary = list_as(&socket, ALLOWED, &[]);
+    let refused = list_as(&bin, &socket, NOGROUP, &[]);
+    let allowed_supp = list_as(&bin, &socket, NOGROUP, &[ALLOWED]);
+    let allowed_primary = list_as(&bin, &socket, ALLOWED, &[]);
     let root = Command::new(THINVM)
         .args(["vm", "list", "--socket"])
         .arg(&socket)
