@@ -313,3 +313,68 @@ async fn paths_are_checked_again_at_start() {
     let (_, v) = call(&e.app, Method::GET, "/v1/vms/a", "").await;
     assert_eq!(v["state"], "defined");
 }
+
+/// A daemon that died while VMs ran: on restart, VMMs that are gone are settled from their exit
+/// files (or as crashed when there is none), and no VM is started twice.
+#[tokio::test]
+async fn recovery_settles_vmms_that_ended_while_the_daemon_was_away() {
+    use api::daemon::State;
+    use daemon::db::Change;
+    let e = env("recover");
+    let state = e.dir.join("state");
+    let cfg = |vmm: &str| {
+        let mut c = Config::new(state.clone(), e.dir.join(vmm));
+        c.allowed_dirs = vec![e.dir.join("images")];
+        c
+    };
+    // The router's daemon is replaced by direct use of the same state folder.
+    let d = Daemon::new(cfg("no-such-thinvm")).unwrap();
+    for name in ["gone", "clean", "busy"] {
+        d.create(serde_json::from_str(&vm(name, &e.kernel)).unwrap())
+            .await
+            .unwrap();
+    }
+    // A dead pid: spawn and reap a short process.
+    let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+    let dead = child.id() as i32;
+    child.wait().unwrap();
+    for (name, st) in [
+        ("gone", State::Running),
+        ("clean", State::Stopping),
+        ("busy", State::Running),
+    ] {
+        let mut c = Change::to(st, "before the crash");
+        c.process = Some(Some((dead, 12345)));
+        if name == "clean" {
+            c.user_stop = Some(true);
+        }
+        d.db.update(name, c).await.unwrap();
+    }
+    std::fs::create_dir_all(d.vm_dir("clean")).unwrap();
+    std::fs::write(
+        d.vm_dir("clean").join("exit.json"),
+        r#"{"reason":"poweroff","code":0,"message":"guest powered off"}"#,
+    )
+    .unwrap();
+    // "busy" says running with our own pid but a wrong start time: a recycled pid, not its VMM.
+    let mut c = Change::to(State::Running, "recycled pid");
+    c.process = Some(Some((std::process::id() as i32, 1)));
+    d.db.update("busy", c).await.unwrap();
+    drop(d);
+
+    let d = Daemon::new(cfg("no-such-thinvm")).unwrap();
+    d.recover().await.unwrap();
+    let gone = d.get("gone").await.unwrap();
+    // on-failure with a missing VMM binary: the restart fails later; right now it is crashed.
+    assert_eq!(gone.state, State::Crashed, "{gone:?}");
+    assert!(gone.last_exit.unwrap().contains("without an exit reason"));
+    let clean = d.get("clean").await.unwrap();
+    assert_eq!(clean.state, State::Stopped);
+    assert!(clean.last_exit.unwrap().contains("guest powered off"));
+    let busy = d.get("busy").await.unwrap();
+    assert_eq!(
+        (busy.state, busy.pid),
+        (State::Crashed, None),
+        "a recycled pid is not adopted"
+    );
+}
