@@ -1,4 +1,4 @@
-//! `--disk path=FILE[,format=raw|qcow2][,readonly=on]` and `--rng`: the virtio devices of
+//! `--disk path=FILE[,format=raw|qcow2][,readonly=on][,serial=ID]` and `--rng`: the virtio devices of
 //! `thinvm run`.
 //!
 //! The format is what the user says (raw when not said), never probed from the file: a guest
@@ -14,6 +14,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut path: Option<PathBuf> = None;
     let mut format: Option<storage::Format> = None;
     let mut read_only: Option<bool> = None;
+    let mut serial: Option<String> = None;
     for part in s.split(',') {
         let (key, value) = part.split_once('=').ok_or_else(|| {
             format!(
@@ -41,9 +42,16 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
                     _ => return Err(format!("readonly=`{value}`: use on or off")),
                 })
             }
+            "serial" if serial.is_some() => return Err(dup()),
+            "serial" if value.len() > 20 || !value.chars().all(|c| c.is_ascii_graphic()) => {
+                return Err(format!(
+                    "serial `{value}`: at most 20 printable ASCII characters, no spaces"
+                ))
+            }
+            "serial" => serial = Some(value.to_string()),
             _ => {
                 return Err(format!(
-                    "unknown disk option `{key}` (path, format, readonly)"
+                    "unknown disk option `{key}` (path, format, readonly, serial)"
                 ))
             }
         }
@@ -52,6 +60,7 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
         path: path.ok_or("path=FILE is missing")?,
         format: format.unwrap_or(storage::Format::Raw),
         read_only: read_only.unwrap_or(false),
+        serial,
     })
 }
 
@@ -80,6 +89,9 @@ mod tests {
         assert_eq!((d.format, d.read_only), (storage::Format::Raw, false));
         let d = parse_disk("readonly=off,format=raw,path=c").unwrap();
         assert_eq!(d.path, PathBuf::from("c"));
+        assert_eq!(d.serial, None);
+        let d = parse_disk("path=c,serial=DISK-01").unwrap();
+        assert_eq!(d.serial.as_deref(), Some("DISK-01"));
     }
 
     #[test]
@@ -93,6 +105,8 @@ mod tests {
             ("path=a,readonly=yes", "on or off"),
             ("path=a,cache=none", "unknown disk option `cache`"),
             ("path=a,,", "not KEY=VALUE"),
+            ("path=a,serial=123456789012345678901", "at most 20"),
+            ("path=a,serial=a b", "at most 20"),
         ] {
             let err = parse_disk(spec).unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");

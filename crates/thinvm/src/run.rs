@@ -46,8 +46,8 @@ pub struct RunArgs {
     /// Guest memory, e.g. 512M or 2G (binary units).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
-    /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on]`; repeatable. The format
-    /// is raw unless given (never probed from the file).
+    /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on][,serial=ID]`; repeatable.
+    /// The format is raw unless given (never probed from the file).
     #[arg(long = "disk", value_name = "SPEC", value_parser = crate::disk_arg::parse_disk)]
     pub disks: Vec<vmm::DiskConfig>,
     /// Add a virtio-rng device fed from the host's getrandom (the guest's /dev/hwrng).

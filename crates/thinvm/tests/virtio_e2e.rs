@@ -57,15 +57,17 @@ const RAW_AT: u64 = 0;
 const BASE_AT: u64 = 64;
 const OVERLAY_AT: u64 = 128;
 const OVERLAY_SLOT: u64 = 32;
-const SCRATCH_MIB: u64 = OVERLAY_AT + OVERLAY_SLOT;
+const SMP_AT: u64 = OVERLAY_AT + OVERLAY_SLOT;
+const SCRATCH_MIB: u64 = SMP_AT + 64;
 
 /// The thinvm command line inside the outer machine for a first disk `disk`.
-fn thinvm_cmd(disk: &str) -> String {
+fn thinvm_cmd(disk: &str, cpus: u32) -> String {
     format!(
         r#"dd if=/dev/zero of=/tmp/ro.raw bs=1M count=1 2>/dev/null
 printf 'THINVM-RO-DISK' | dd of=/tmp/ro.raw conv=notrunc 2>/dev/null
 "$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
-    --memory 256M --disk {disk} --disk path=/tmp/ro.raw,readonly=on --rng \
+    --cpus {cpus} --memory 256M --disk {disk},serial=thinvm-e2e-disk \
+    --disk path=/tmp/ro.raw,readonly=on --rng \
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-blk' </dev/null 2>/tmp/err
 rc=$?
 sed 's/^/STDERR: /' /tmp/err
@@ -74,14 +76,14 @@ echo "VMM-RC=$rc"
     )
 }
 
-/// Raw disk: copied from the scratch disk to tmpfs, served, copied back.
-fn raw_script() -> String {
+/// Raw disk at `at` MiB of the scratch disk: copied to tmpfs, served, copied back.
+fn raw_script(at: u64, cpus: u32) -> String {
     format!(
-        "dd if=\"$SCRATCH_DISK\" of=/tmp/disk.raw bs=1M skip={RAW_AT} count=64 2>/dev/null || exit 90\n\
+        "dd if=\"$SCRATCH_DISK\" of=/tmp/disk.raw bs=1M skip={at} count=64 2>/dev/null || exit 90\n\
          {}\
-         dd if=/tmp/disk.raw of=\"$SCRATCH_DISK\" bs=1M seek={RAW_AT} conv=notrunc,fsync 2>/dev/null\n\
+         dd if=/tmp/disk.raw of=\"$SCRATCH_DISK\" bs=1M seek={at} conv=notrunc,fsync 2>/dev/null\n\
          sync\nexit $rc\n",
-        thinvm_cmd("path=/tmp/disk.raw,format=raw")
+        thinvm_cmd("path=/tmp/disk.raw,format=raw", cpus)
     )
 }
 
@@ -95,7 +97,7 @@ fn qcow2_script() -> String {
          echo \"OVERLAY-MIB=$(( ($(wc -c < /tmp/ov.qcow2) + 1048575) / 1048576 ))\"\n\
          dd if=/tmp/ov.qcow2 of=\"$SCRATCH_DISK\" bs=1M seek={OVERLAY_AT} conv=notrunc,fsync 2>/dev/null\n\
          sync\nexit $rc\n",
-        thinvm_cmd("path=/tmp/ov.qcow2,format=qcow2")
+        thinvm_cmd("path=/tmp/ov.qcow2,format=qcow2", 1)
     )
 }
 
@@ -138,6 +140,13 @@ fn check_guest_and_image(r: &testbed::ScenarioResult, img: &Path, dir: &Path) {
     assert_eq!(value(log, "RO-FLAG"), Some("1"), "{ctx}");
     assert_eq!(value(log, "RO-WRITE"), Some("refused"), "{ctx}");
     assert_eq!(value(log, "RNG-BYTES"), Some("16"), "{ctx}");
+    assert_eq!(value(log, "SERIAL"), Some("thinvm-e2e-disk"), "{ctx}");
+    let cpus = value(log, "NPROC").expect("NPROC");
+    assert_eq!(
+        value(log, "RNG-IRQ-CPUS"),
+        Some(cpus),
+        "rng interrupts on every CPU: {ctx}"
+    );
     let blob_md5 = value(log, "BLOB-MD5").expect("BLOB-MD5").to_string();
     run_ok(Command::new("e2fsck").arg("-fn").arg(img));
     let got = run_ok(
@@ -192,6 +201,7 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
         .set_len(SCRATCH_MIB << 20)
         .unwrap();
     put(&scratch, RAW_AT, &img);
+    put(&scratch, SMP_AT, &img);
     put(&scratch, BASE_AT, &base);
     put(&scratch, OVERLAY_AT, &overlay);
     let mut tests = testbed::images::builtin_guest_tests();
@@ -222,13 +232,20 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
     let scenarios = [
         Scenario {
             name: "virtio-blk-raw".into(),
-            script: raw_script(),
+            script: raw_script(RAW_AT, 1),
             timeout: Duration::from_secs(300),
         },
         Scenario {
             name: "virtio-blk-qcow2".into(),
             script: qcow2_script(),
             timeout: Duration::from_secs(300),
+        },
+        // Two vCPUs: the guest moves the virtio interrupts between them while writing, so
+        // MSI-X vectors are masked and unmasked (pending bits) under I/O.
+        Scenario {
+            name: "virtio-blk-smp".into(),
+            script: raw_script(SMP_AT, 2),
+            timeout: Duration::from_secs(400),
         },
     ];
     let results = tb.run(&opts, &scenarios).expect("outer run");
@@ -259,5 +276,10 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
             .arg(&flat),
     );
     check_guest_and_image(q, &flat, &dir);
+    let smp = &results[2];
+    assert_eq!(value(&smp.log, "NPROC"), Some("2"), "{}", smp.log);
+    let smp_img = dir.join("smp-after.raw");
+    take(&scratch, SMP_AT, 64 << 20, &smp_img);
+    check_guest_and_image(smp, &smp_img, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,6 +34,8 @@ pub struct DiskConfig {
     pub format: storage::Format,
     /// Open read-only and offer VIRTIO_BLK_F_RO.
     pub read_only: bool,
+    /// What GET_ID answers (at most 20 bytes); the file name when `None`.
+    pub serial: Option<String>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,11 +158,12 @@ impl PciBus {
         let backend = storage::open_image(&disk.path, disk.format, &opts).map_err(|e| {
             dev_err("virtio-blk")(format!("cannot open {}: {e}", disk.path.display()))
         })?;
-        let serial = disk
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let serial = disk.serial.clone().unwrap_or_else(|| {
+            disk.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         self.add_virtio(Box::new(Block::new(backend, &serial)))
     }
 

@@ -62,6 +62,7 @@ fn devices_appear_in_slot_order_with_their_bars() {
             path: disk.clone(),
             format: storage::Format::Raw,
             read_only: true,
+            serial: None,
         })
         .unwrap();
     vm.pci().add_rng().unwrap();
@@ -90,6 +91,7 @@ fn missing_disk_is_a_clear_error() {
             path: "/nonexistent/thinvm.raw".into(),
             format: storage::Format::Raw,
             read_only: false,
+            serial: None,
         })
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/thinvm.raw"), "{err}");
@@ -104,6 +106,7 @@ fn virtio_blk_read_through_the_bus_with_msix_routed_in_kvm() {
             path: disk.clone(),
             format: storage::Format::Raw,
             read_only: false,
+            serial: None,
         })
         .unwrap();
     let bar = u64::from(cfg_read32(&vm, 1, 0x10) & !0xf);
@@ -200,6 +203,7 @@ fn dropping_the_vm_closes_its_disks() {
         path: disk.clone(),
         format: storage::Format::Raw,
         read_only: false,
+        serial: None,
     };
     let mut vm = build_vm();
     vm.pci().add_disk(&cfg).unwrap();
@@ -321,6 +325,7 @@ fn guest_driver_with_a_hostile_chain() {
             path: disk.clone(),
             format: storage::Format::Raw,
             read_only: false,
+            serial: None,
         })
         .unwrap();
     let mem = vm.memory().clone();

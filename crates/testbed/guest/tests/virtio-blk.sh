@@ -8,7 +8,19 @@ mkdir -p /mnt
 mount -t ext4 /dev/vda /mnt || { echo "BLK-FAIL mount"; exit 1; }
 echo "HELLO=$(cat /mnt/hello)"
 echo "written by the thinvm guest" > /mnt/from-guest
-dd if=/dev/urandom of=/mnt/blob bs=4096 count=256 2>/dev/null
+# Moves every virtio interrupt to the CPUs in mask $1 (Linux masks MSI-X vectors to do that).
+shuffle() {
+    for irq in $(awk -F: '/virtio/ { print $1 }' /proc/interrupts); do
+        echo "$1" > "/proc/irq/$((irq))/smp_affinity" 2>/dev/null
+    done
+}
+: > /mnt/blob
+for mask in 1 2 1 2; do
+    [ "$(nproc)" -ge 2 ] && shuffle "$mask"
+    dd if=/dev/urandom bs=4096 count=64 2>/dev/null >> /mnt/blob
+    sync
+done
+echo "NPROC=$(nproc)"
 echo "BLOB-MD5=$(md5sum /mnt/blob | cut -d' ' -f1)"
 sync
 umount /mnt || { echo "BLK-FAIL umount"; exit 1; }
@@ -20,5 +32,14 @@ else
     echo "RO-WRITE=refused"
 fi
 echo "RNG-BYTES=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c)"
+# virtio-blk's queue vectors are managed (fixed affinity); the rng's is not: move it between
+# CPUs while reading, so its MSI-X entry is masked, rewritten and unmasked under I/O.
+for mask in 1 2 1 2; do
+    [ "$(nproc)" -ge 2 ] && shuffle "$mask"
+    dd if=/dev/hwrng bs=64 count=8 2>/dev/null >/dev/null
+done
+grep virtio /proc/interrupts
+echo "RNG-IRQ-CPUS=$(awk '/virtio.*-input/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/ && $i > 0) n++; print n }' /proc/interrupts)"
+echo "SERIAL=$(cat /sys/block/vda/serial 2>/dev/null)"
 echo "RNG-CURRENT=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
 echo "VIRTIO-BLK-DONE"
