@@ -6,6 +6,7 @@
 //! - [`events`]: guest-initiated platform events (power-off, reboot, panic).
 //! - [`legacy`]: the legacy PC devices (UART, i8042, CMOS RTC, pvpanic, ACPI PM).
 //! - [`pci`]: the PCI root bus, configuration access, BARs and MSI-X.
+//! - [`virtio`]: the virtio-pci transport, virtio-blk and virtio-rng, with their worker threads.
 //!
 //! This crate never talks to KVM: every device is unit-tested without /dev/kvm.
 
