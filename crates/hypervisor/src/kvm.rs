@@ -14,6 +14,10 @@ const REQUIRED_CAPS: &[(Cap, &str)] = &[
     (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
     (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    // virtio-pci: MSI routes, queue notifications without an exit (any write length).
+    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::IoeventfdNoLength, "KVM_CAP_IOEVENTFD_NO_LENGTH"),
 ];
 
 /// An open /dev/kvm.
