@@ -108,11 +108,37 @@ pub struct VmSpec {
     pub initrd: Option<String>,
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// virtio-blk disks, in PCI slot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
     pub autostart: bool,
 }
+
+/// A disk image's format, as stored (never probed from the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+/// One disk of a VM definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub path: String,
+    #[serde(default)]
+    pub format: DiskFormat,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// Most disks per VM.
+pub const MAX_DISKS: usize = 16;
 
 fn one() -> u8 {
     1
@@ -136,6 +162,20 @@ impl VmSpec {
                 "memory: {} bytes is outside {lo}..={hi} or not a multiple of 4096",
                 self.memory
             ));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(format!(
+                "disks: {} disks, at most {MAX_DISKS}",
+                self.disks.len()
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !d.path.starts_with('/') || d.path.contains('\0') || d.path.contains(',') {
+                return Err(format!(
+                    "disks[{i}].path: {:?} is not an absolute path without ','",
+                    d.path
+                ));
+            }
         }
         for (field, p) in [
             ("kernel", Some(&self.kernel)),
@@ -312,6 +352,8 @@ pub fn openapi() -> Value {
                 "name": {"type": "string"}, "cpus": {"type": "integer", "minimum": 1},
                 "memory": {"type": "integer", "description": "bytes"},
                 "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
+                "disks": {"type": "array", "items": {"type": "object", "required": ["path"], "additionalProperties": false, "properties": {
+                    "path": {"type": "string"}, "format": {"type": "string", "enum": ["raw", "qcow2"]}, "readonly": {"type": "boolean"}}}},
                 "restart": {"type": "string", "enum": ["never", "on-failure", "always"]},
                 "autostart": {"type": "boolean"}}},
             "State": {"type": "string", "enum": states}

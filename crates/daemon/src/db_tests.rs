@@ -8,6 +8,7 @@ fn spec(name: &str) -> VmSpec {
         kernel: "/k".into(),
         initrd: None,
         cmdline: None,
+        disks: vec![],
         restart: RestartPolicy::OnFailure,
         autostart: false,
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::client::{Client, ClientError};
-use api::daemon::{Event, State, VmSpec, VmStatus};
+use api::daemon::{DiskFormat, Event, State, VmSpec, VmStatus};
 use api::ApiError;
 use serde_json::json;
 use tokio::sync::{broadcast, Mutex};
@@ -153,6 +153,9 @@ impl Daemon {
         if let Some(i) = &spec.initrd {
             self.confine("initrd", i)?;
         }
+        for (i, d) in spec.disks.iter().enumerate() {
+            self.confine(&format!("disks[{i}].path"), &d.path)?;
+        }
         let (row, ev) = self.db.insert(spec).await.map_err(db_error)?;
         let _ = self.events.send(ev);
         Ok(row.status)
@@ -193,6 +196,9 @@ impl Daemon {
         self.confine("kernel", &spec.kernel)?;
         if let Some(i) = &spec.initrd {
             self.confine("initrd", i)?;
+        }
+        for (i, d) in spec.disks.iter().enumerate() {
+            self.confine(&format!("disks[{i}].path"), &d.path)?;
         }
         let dir = self.vm_dir(name);
         std::fs::create_dir_all(&dir)
@@ -274,6 +280,14 @@ impl Daemon {
                 "initramfs": spec.initrd,
                 "cmdline": spec.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
             },
+            "disks": spec.disks.iter().map(|d| json!({
+                "path": d.path,
+                "readonly": d.readonly,
+                "image_type": match d.format {
+                    DiskFormat::Raw => "Raw",
+                    DiskFormat::Qcow2 => "Qcow2",
+                },
+            })).collect::<Vec<_>>(),
             "serial": {"mode": "File", "file": dir.join("console.log")},
             "console": {"mode": "Off"},
         });

@@ -98,9 +98,9 @@ async fn bad_input_is_4xx_and_changes_nothing() {
     let cases: Vec<(String, u16, &str)> = vec![
         ("{not json".into(), 400, "invalid VM definition"),
         (
-            json!({"name": "b", "kernel": e.kernel, "disks": []}).to_string(),
+            json!({"name": "b", "kernel": e.kernel, "net": []}).to_string(),
             400,
-            "disks",
+            "net",
         ),
         (
             json!({"name": "b", "kernel": e.kernel, "memory": -5}).to_string(),
@@ -377,4 +377,57 @@ async fn recovery_settles_vmms_that_ended_while_the_daemon_was_away() {
         (State::Crashed, None),
         "a recycled pid is not adopted"
     );
+}
+
+#[tokio::test]
+async fn disks_are_confined_and_checked() {
+    let e = env("disks");
+    let img = e.dir.join("images/disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let body = |disk: serde_json::Value| {
+        json!({"name": "d", "kernel": e.kernel, "memory": 33554432, "disks": [disk]}).to_string()
+    };
+    let (s, v) = call(
+        &e.app,
+        Method::POST,
+        "/v1/vms",
+        &body(json!({"path": e.dir.join("outside")})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("path_not_allowed")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("disks[0].path"),
+        "{v}"
+    );
+    let (s, v) = call(
+        &e.app,
+        Method::POST,
+        "/v1/vms",
+        &body(json!({"path": img, "cache": "none"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("cache"), "{v}");
+    let (s, v) = call(
+        &e.app,
+        Method::POST,
+        "/v1/vms",
+        &body(json!({"path": img, "format": "vhdx"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(
+        &e.app,
+        Method::POST,
+        "/v1/vms",
+        &body(json!({"path": img, "format": "qcow2", "readonly": true})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["disks"][0]["format"], "qcow2");
+    assert_eq!(v["disks"][0]["readonly"], true);
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use api::client::{Client, ClientError};
-use api::daemon::{RestartPolicy, VmSpec, VmStatus};
+use api::daemon::{DiskFormat, DiskSpec, RestartPolicy, VmSpec, VmStatus};
 use serde_json::Value;
 
 use crate::daemon_cmd::DEFAULT_SOCKET;
@@ -50,6 +50,9 @@ pub enum VmCommand {
         cpus: u8,
         #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
         memory: u64,
+        /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on]`; repeatable.
+        #[arg(long = "disk", value_name = "SPEC", value_parser = crate::disk_arg::parse_disk)]
+        disks: Vec<vmm::DiskConfig>,
         /// What to do when the VM's VMM ends without a user's stop.
         #[arg(long, value_enum, default_value = "never")]
         restart: Restart,
@@ -134,10 +137,15 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             cmdline,
             cpus,
             memory,
+            disks,
             restart,
             autostart,
             start,
         } => {
+            let disks = disks
+                .iter()
+                .map(disk_spec)
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let spec = VmSpec {
                 name: name.clone(),
                 cpus,
@@ -145,6 +153,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 kernel: absolute(&kernel)?,
                 initrd: initrd.as_deref().map(absolute).transpose()?,
                 cmdline,
+                disks,
                 restart: match restart {
                     Restart::Never => RestartPolicy::Never,
                     Restart::OnFailure => RestartPolicy::OnFailure,
@@ -254,6 +263,23 @@ async fn logs(c: &Client, name: &str, tail: Option<u64>, follow: bool) -> anyhow
         printed = Some(r.body.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// The daemon's disk from `--disk` (a relative path is made absolute).
+fn disk_spec(d: &vmm::DiskConfig) -> anyhow::Result<DiskSpec> {
+    let format = match d.format {
+        storage::Format::Raw => DiskFormat::Raw,
+        storage::Format::Qcow2 => DiskFormat::Qcow2,
+        other => bail!(
+            "{}: format {other:?} cannot be a VM's disk",
+            d.path.display()
+        ),
+    };
+    Ok(DiskSpec {
+        path: absolute(&d.path)?,
+        format,
+        readonly: d.read_only,
+    })
 }
 
 /// Attaches this terminal to the VM's console through the daemon (an HTTP upgrade).

@@ -89,6 +89,18 @@ impl Controller for Shared {
                 })?;
             }
         }
+        for (i, d) in config.disks.iter().enumerate() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!d.readonly)
+                .open(&d.path)
+                .map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "vm.create: field `disks[{i}].path`: cannot open {}: {e}",
+                        d.path
+                    ))
+                })?;
+        }
         let mut st = self.lock();
         if st.config.is_some() {
             return Err(ApiError::conflict(

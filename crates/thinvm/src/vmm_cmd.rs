@@ -275,7 +275,34 @@ fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Resul
             ApiError::internal(msg)
         }
     })?;
+    let disks = config
+        .disks
+        .iter()
+        .map(disk_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::disk_arg::attach(&mut vm, &disks, false)
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks: {e}")))?;
     vm.start()
         .map_err(|e| ApiError::internal(format!("vm.boot: starting the vCPUs: {e}")))?;
     Ok(vm)
+}
+
+/// The VMM's disk from the API's, through `--disk`'s own parser (one place knows the options).
+fn disk_config(d: &api::ch::DiskConfig) -> Result<vmm::DiskConfig, ApiError> {
+    if d.path.contains(',') {
+        return Err(ApiError::bad_request(format!(
+            "disk path {:?}: a ',' in the path is not supported",
+            d.path
+        )));
+    }
+    let format = match d.image_type {
+        api::ch::ImageType::Raw => "raw",
+        api::ch::ImageType::Qcow2 => "qcow2",
+    };
+    let readonly = if d.readonly { "on" } else { "off" };
+    crate::disk_arg::parse_disk(&format!(
+        "path={},format={format},readonly={readonly}",
+        d.path
+    ))
+    .map_err(|e| ApiError::bad_request(format!("disk {}: {e}", d.path)))
 }

@@ -259,7 +259,8 @@ async fn console_attaches_both_ways() {
     io.write_all(b"ping 42\n").await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&got).contains("ping 42") {
+    // Up to the newline: the log is written line by line, before the clients get the bytes.
+    while !String::from_utf8_lossy(&got).contains("ping 42\n") {
         let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
             .await
             .expect("echo within 10 s")
@@ -304,7 +305,8 @@ async fn the_cli_drives_the_daemon() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // A relative kernel path is made absolute by the CLI.
+    // Relative kernel and disk paths are made absolute by the CLI.
+    std::fs::write(dir.join("images/disk.img"), vec![0u8; 1 << 20]).unwrap();
     let (code, out, err) = cli(&[
         "create",
         "web",
@@ -312,6 +314,8 @@ async fn the_cli_drives_the_daemon() {
         "button",
         "--memory",
         "32M",
+        "--disk",
+        "path=disk.img,readonly=on",
         "--restart",
         "on-failure",
         "--start",
@@ -321,6 +325,16 @@ async fn the_cli_drives_the_daemon() {
         out.lines().nth(1).unwrap().starts_with("web") && out.contains("running"),
         "{out}"
     );
+    // The VMM got the disk, with its absolute path.
+    let vmm = api::client::Client::new(dir.join("state/vms/web/api.sock"));
+    let (_, info) = call(&vmm, "GET", "/api/v1/vm.info", None).await;
+    let want = dir.join("images/disk.img").display().to_string();
+    assert_eq!(
+        info["config"]["disks"][0]["path"].as_str(),
+        Some(want.as_str()),
+        "{info}"
+    );
+    assert_eq!(info["config"]["disks"][0]["readonly"], true);
     let (_, out, _) = cli(&["list", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(

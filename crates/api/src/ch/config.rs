@@ -4,7 +4,10 @@
 
 use serde_json::{Map, Value};
 
-use super::types::{ConsoleConfig, ConsoleMode, CpusConfig, MemoryConfig, PayloadConfig, VmConfig};
+use super::types::{
+    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
+    VmConfig,
+};
 
 /// Smallest guest memory accepted (the VMM's page tables and tables need some room).
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -51,7 +54,7 @@ const TOP: &[(&str, Rule)] = &[
     ("console", Rule::Parsed),
     ("pvpanic", Rule::Parsed),
     ("rate_limit_groups", Rule::Empty),
-    ("disks", Rule::Empty),
+    ("disks", Rule::Parsed),
     ("net", Rule::Empty),
     ("fs", Rule::Empty),
     ("generic_vhost_user", Rule::Empty),
@@ -116,6 +119,28 @@ const CONSOLE: &[(&str, Rule)] = &[
     ("socket", Rule::Null),
     ("iommu", Rule::Bool(false)),
     ("id", Rule::Null),
+];
+
+const DISK: &[(&str, Rule)] = &[
+    ("path", Rule::Parsed),
+    ("readonly", Rule::Parsed),
+    ("image_type", Rule::Parsed),
+    ("direct", Rule::Bool(false)),
+    ("iommu", Rule::Bool(false)),
+    ("num_queues", Rule::Int(1)),
+    ("queue_size", Rule::Int(128)),
+    ("vhost_user", Rule::Bool(false)),
+    ("vhost_socket", Rule::Null),
+    ("rate_limiter_config", Rule::Null),
+    ("pci_segment", Rule::Int(0)),
+    ("pci_device_id", Rule::Null),
+    ("id", Rule::Null),
+    ("serial", Rule::Null),
+    ("rate_limit_group", Rule::Null),
+    ("queue_affinity", Rule::Empty),
+    ("backing_files", Rule::Bool(false)),
+    ("sparse", Rule::Bool(true)),
+    ("lock_granularity", Rule::Str("ByteRange")),
 ];
 
 const RNG: &[(&str, Rule)] = &[
@@ -328,6 +353,59 @@ fn parse_console(
     Ok(ConsoleConfig { mode, file })
 }
 
+/// Most disks per VM.
+pub const MAX_DISKS: usize = 16;
+
+fn parse_disks(v: Option<&Value>) -> Result<Vec<DiskConfig>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or_else(|| ConfigError::Invalid {
+        field: "disks".into(),
+        reason: format!("expected a list, got {v}"),
+    })?;
+    if list.len() > MAX_DISKS {
+        return Err(ConfigError::Invalid {
+            field: "disks".into(),
+            reason: format!("{} disks: at most {MAX_DISKS}", list.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, d) in list.iter().enumerate() {
+        let field = format!("disks[{i}]");
+        let obj = check(d, &field, DISK)?;
+        let path = opt_string(obj, &field, "path")?.ok_or_else(|| ConfigError::Missing {
+            field: join(&field, "path"),
+        })?;
+        let readonly = match present(obj, "readonly") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    field: join(&field, "readonly"),
+                    reason: format!("expected a boolean, got {other}"),
+                })
+            }
+        };
+        let image_type = match present(obj, "image_type").map(|t| (t, t.as_str())) {
+            None | Some((_, Some("Raw"))) => ImageType::Raw,
+            Some((_, Some("Qcow2"))) => ImageType::Qcow2,
+            Some((t, _)) => {
+                return Err(ConfigError::Unsupported {
+                    field: join(&field, "image_type"),
+                    value: t.to_string(),
+                })
+            }
+        };
+        out.push(DiskConfig {
+            path,
+            readonly,
+            image_type,
+        });
+    }
+    Ok(out)
+}
+
 /// Reads a Cloud Hypervisor `VmConfig` JSON body into the part thinvm supports.
 pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
     let top = check(v, "", TOP)?;
@@ -362,6 +440,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         serial: parse_console(top.get("serial"), "serial", ConsoleMode::Null)?,
         console: parse_console(top.get("console"), "console", ConsoleMode::Tty)?,
         pvpanic,
+        disks: parse_disks(top.get("disks"))?,
     })
 }
 

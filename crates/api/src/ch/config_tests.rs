@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::ch::ImageType;
 
 fn minimal() -> Value {
     json!({"payload": {"kernel": "/k"}})
@@ -59,8 +60,12 @@ fn error_for(v: Value) -> ConfigError {
 fn non_defaults_of_unsupported_features_name_the_field() {
     let cases = [
         (
-            json!({"payload": {"kernel": "/k"}, "disks": [{"path": "/d"}]}),
-            "disks",
+            json!({"payload": {"kernel": "/k"}, "disks": [{"path": "/d", "direct": true}]}),
+            "disks[0].direct",
+        ),
+        (
+            json!({"payload": {"kernel": "/k"}, "disks": [{"path": "/d"}, {"path": "/e", "image_type": "Vhdx"}]}),
+            "disks[1].image_type",
         ),
         (json!({"payload": {"kernel": "/k"}, "iommu": true}), "iommu"),
         (
@@ -155,4 +160,32 @@ fn bad_values_are_refused() {
     );
     let e = error_for(json!([1, 2]));
     assert!(matches!(e, ConfigError::Invalid { .. }));
+}
+
+#[test]
+fn disks_are_read() {
+    let v = json!({"payload": {"kernel": "/k"}, "disks": [
+        {"path": "/a.img"},
+        {"path": "/b.qcow2", "image_type": "Qcow2", "readonly": true, "num_queues": 1, "sparse": true}
+    ]});
+    let c = parse_vm_config(&v).unwrap();
+    assert_eq!(c.disks.len(), 2);
+    assert_eq!(
+        (c.disks[0].image_type, c.disks[0].readonly),
+        (ImageType::Raw, false)
+    );
+    assert_eq!(
+        (c.disks[1].image_type, c.disks[1].readonly),
+        (ImageType::Qcow2, true)
+    );
+    let e = error_for(json!({"payload": {"kernel": "/k"}, "disks": [{"readonly": true}]}));
+    assert_eq!(
+        e,
+        ConfigError::Missing {
+            field: "disks[0].path".into()
+        }
+    );
+    let many: Vec<_> = (0..17).map(|i| json!({"path": format!("/d{i}")})).collect();
+    let e = error_for(json!({"payload": {"kernel": "/k"}, "disks": many}));
+    assert!(matches!(e, ConfigError::Invalid { ref field, .. } if field == "disks"));
 }

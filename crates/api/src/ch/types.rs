@@ -75,6 +75,24 @@ pub struct ConsoleConfig {
     pub file: Option<String>,
 }
 
+/// A disk image's format (never probed from the file: absent means raw).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageType {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+/// A virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: String,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub image_type: ImageType,
+}
+
 /// The supported part of Cloud Hypervisor's `VmConfig`, as [`super::parse_vm_config`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -84,6 +102,8 @@ pub struct VmConfig {
     pub serial: ConsoleConfig,
     pub console: ConsoleConfig,
     pub pvpanic: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -105,6 +125,7 @@ impl VmConfig {
                 file: None,
             },
             pvpanic: false,
+            disks: Vec::new(),
         }
     }
 }
