@@ -111,6 +111,9 @@ pub struct VmSpec {
     /// virtio-blk disks, in PCI slot order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// A virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
@@ -354,6 +357,7 @@ pub fn openapi() -> Value {
                 "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
                 "disks": {"type": "array", "items": {"type": "object", "required": ["path"], "additionalProperties": false, "properties": {
                     "path": {"type": "string"}, "format": {"type": "string", "enum": ["raw", "qcow2"]}, "readonly": {"type": "boolean"}}}},
+                "rng": {"type": "boolean"},
                 "restart": {"type": "string", "enum": ["never", "on-failure", "always"]},
                 "autostart": {"type": "boolean"}}},
             "State": {"type": "string", "enum": states}

@@ -9,6 +9,7 @@ fn spec(name: &str) -> VmSpec {
         initrd: None,
         cmdline: None,
         disks: vec![],
+        rng: false,
         restart: RestartPolicy::OnFailure,
         autostart: false,
     }

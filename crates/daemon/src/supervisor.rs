@@ -288,6 +288,7 @@ impl Daemon {
                     DiskFormat::Qcow2 => "Qcow2",
                 },
             })).collect::<Vec<_>>(),
+            "rng": if spec.rng { json!({"src": "/dev/urandom"}) } else { json!(null) },
             "serial": {"mode": "File", "file": dir.join("console.log")},
             "console": {"mode": "Off"},
         });

@@ -53,6 +53,9 @@ pub enum VmCommand {
         /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on]`; repeatable.
         #[arg(long = "disk", value_name = "SPEC", value_parser = crate::disk_arg::parse_disk)]
         disks: Vec<vmm::DiskConfig>,
+        /// Add a virtio-rng device.
+        #[arg(long)]
+        rng: bool,
         /// What to do when the VM's VMM ends without a user's stop.
         #[arg(long, value_enum, default_value = "never")]
         restart: Restart,
@@ -138,6 +141,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             cpus,
             memory,
             disks,
+            rng,
             restart,
             autostart,
             start,
@@ -154,6 +158,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 initrd: initrd.as_deref().map(absolute).transpose()?,
                 cmdline,
                 disks,
+                rng,
                 restart: match restart {
                     Restart::Never => RestartPolicy::Never,
                     Restart::OnFailure => RestartPolicy::OnFailure,

@@ -280,8 +280,8 @@ fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Resul
         .iter()
         .map(disk_config)
         .collect::<Result<Vec<_>, _>>()?;
-    crate::disk_arg::attach(&mut vm, &disks, false)
-        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks: {e}")))?;
+    crate::disk_arg::attach(&mut vm, &disks, config.rng)
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks and rng: {e}")))?;
     vm.start()
         .map_err(|e| ApiError::internal(format!("vm.boot: starting the vCPUs: {e}")))?;
     Ok(vm)

@@ -316,6 +316,7 @@ async fn the_cli_drives_the_daemon() {
         "32M",
         "--disk",
         "path=disk.img,readonly=on",
+        "--rng",
         "--restart",
         "on-failure",
         "--start",
@@ -335,6 +336,7 @@ async fn the_cli_drives_the_daemon() {
         "{info}"
     );
     assert_eq!(info["config"]["disks"][0]["readonly"], true);
+    assert_eq!(info["config"]["rng"], true);
     let (_, out, _) = cli(&["list", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(

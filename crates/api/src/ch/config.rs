@@ -65,7 +65,7 @@ const TOP: &[(&str, Rule)] = &[
     ("numa", Rule::Empty),
     ("pci_segments", Rule::Empty),
     ("landlock_rules", Rule::Empty),
-    ("rng", Rule::Object(RNG)),
+    ("rng", Rule::Parsed),
     ("balloon", Rule::Null),
     ("vsock", Rule::Null),
     ("tpm", Rule::Null),
@@ -441,6 +441,13 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         console: parse_console(top.get("console"), "console", ConsoleMode::Tty)?,
         pvpanic,
         disks: parse_disks(top.get("disks"))?,
+        rng: match present(top, "rng") {
+            None => false,
+            Some(r) => {
+                check(r, "rng", RNG)?;
+                true
+            }
+        },
     })
 }
 

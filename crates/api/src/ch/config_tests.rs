@@ -189,3 +189,12 @@ fn disks_are_read() {
     let e = error_for(json!({"payload": {"kernel": "/k"}, "disks": many}));
     assert!(matches!(e, ConfigError::Invalid { ref field, .. } if field == "disks"));
 }
+
+#[test]
+fn rng_is_read() {
+    assert!(!parse_vm_config(&minimal()).unwrap().rng);
+    let v = json!({"payload": {"kernel": "/k"}, "rng": {"src": "/dev/urandom"}});
+    assert!(parse_vm_config(&v).unwrap().rng);
+    let v = json!({"payload": {"kernel": "/k"}, "rng": null});
+    assert!(!parse_vm_config(&v).unwrap().rng);
+}

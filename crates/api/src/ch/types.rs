@@ -104,6 +104,9 @@ pub struct VmConfig {
     pub pvpanic: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device (given as `rng: {"src": "/dev/urandom"}`; absent: none).
+    #[serde(default)]
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -126,6 +129,7 @@ impl VmConfig {
             },
             pvpanic: false,
             disks: Vec::new(),
+            rng: false,
         }
     }
 }
