@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use storage::file::MemFile;
 use storage::formats::raw::Raw;
+use storage::io::engine::SyncEngine;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -66,7 +67,14 @@ pub fn blk_queue(data: &[u8]) -> usize {
     let Ok(disk) = Raw::from_file(Box::new(file), read_only) else {
         return 0;
     };
-    serve_for_fuzz(memory(data), queue(), Box::new(disk), Arc::new(NoInterrupt))
+    let engine = Box::new(SyncEngine::default());
+    serve_for_fuzz(
+        memory(data),
+        queue(),
+        Box::new(disk),
+        engine,
+        Arc::new(NoInterrupt),
+    )
 }
 
 /// virtio-rng: serves every available request. Returns the number of requests returned.

@@ -2,13 +2,17 @@
 //!
 //! Offers: SEG_MAX, BLK_SIZE, FLUSH, and DISCARD + WRITE_ZEROES on writable disks, RO on
 //! read-only ones; GET_ID answers the configured serial. One request queue, served by the
-//! device's worker thread (one request at a time for now).
+//! device's worker thread, which keeps every read and write of a batch in flight at once
+//! (`batch.rs`).
 
+mod batch;
 mod request;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use storage::io::disk::AsyncDisk;
+use storage::io::engine::{best_engine, Engine};
 use storage::BlockBackend;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -18,8 +22,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use batch::MAX_INFLIGHT_BYTES;
 pub use request::{
-    collect, parse, process, status_address, Completion, Request, RequestError, ID_BYTES,
+    collect, complete, parse, process, status_address, Completion, Request, RequestError, ID_BYTES,
     MAX_DESCRIPTORS, MAX_REQUEST_BYTES, SECTOR_SIZE,
 };
 
@@ -28,6 +33,7 @@ use super::{
     VirtioInterrupt, WorkerThread, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
 };
 use crate::legacy::GuestLog;
+use batch::Batch;
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -50,7 +56,7 @@ pub struct BlockStats {
 
 /// A virtio-blk device.
 pub struct Block {
-    disk: Arc<Mutex<Box<dyn BlockBackend>>>,
+    disk: Arc<Mutex<AsyncDisk>>,
     capacity: u64,
     read_only: bool,
     id: [u8; ID_BYTES],
@@ -63,16 +69,22 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Block {
-    /// A device serving `disk`; GET_ID answers `serial` (cut to 20 bytes). A read-only
-    /// backend makes a read-only device.
+    /// A device serving `disk` with the best I/O engine of the host (io_uring when it has
+    /// it); GET_ID answers `serial` (cut to 20 bytes). A read-only backend makes a read-only
+    /// device.
     pub fn new(disk: Box<dyn BlockBackend>, serial: &str) -> Self {
+        Self::with_engine(disk, best_engine(u32::from(QUEUE_SIZE)), serial)
+    }
+
+    /// A device serving `disk` through `engine`.
+    pub fn with_engine(disk: Box<dyn BlockBackend>, engine: Box<dyn Engine>, serial: &str) -> Self {
         let mut id = [0u8; ID_BYTES];
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         Block {
             capacity: disk.size(),
             read_only: disk.read_only(),
-            disk: Arc::new(Mutex::new(disk)),
+            disk: Arc::new(Mutex::new(AsyncDisk::new(disk, engine))),
             id,
             stats: Arc::new(BlockStats::default()),
             worker: None,
@@ -156,6 +168,7 @@ impl VirtioDevice for Block {
             queue,
             interrupt,
             disk: self.disk.clone(),
+            batch: Batch::new(),
             id: self.id,
             stats: self.stats.clone(),
             log: GuestLog::default(),
@@ -180,7 +193,8 @@ struct BlockWorker {
     mem: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<dyn VirtioInterrupt>,
-    disk: Arc<Mutex<Box<dyn BlockBackend>>>,
+    disk: Arc<Mutex<AsyncDisk>>,
+    batch: Batch,
     id: [u8; ID_BYTES],
     stats: Arc<BlockStats>,
     log: GuestLog,
@@ -221,27 +235,36 @@ impl BlockWorker {
         used
     }
 
+    /// Starts every available request, then completes the batch.
     fn serve_available(&mut self) -> bool {
         let mut used = false;
+        let mut done = Vec::new();
         let mut disk = lock(&self.disk);
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
-            let (done, err) = process(&self.mem, chain, disk.as_mut(), &self.id);
-            if let Some(addr) = done.status_addr {
-                if self.mem.write_obj(done.status, addr).is_err() {
+            self.batch
+                .start(&self.mem, &mut disk, head, chain, &self.id, &mut done);
+            used = true;
+        }
+        self.batch.finish(&self.mem, &mut disk, &mut done);
+        drop(disk);
+        for d in done {
+            let c = d.completion;
+            if let Some(addr) = c.status_addr {
+                if self.mem.write_obj(c.status, addr).is_err() {
                     self.log.warn(format_args!(
                         "virtio-blk: cannot write status at {:#x}",
                         addr.0
                     ));
                 }
             }
-            self.count(&done, err.as_ref());
-            if let Err(e) = self.queue.add_used(&self.mem, head, done.used_len) {
+            self.count(&c, d.error.as_ref());
+            if let Err(e) = self.queue.add_used(&self.mem, d.head, c.used_len) {
                 self.log.warn(format_args!(
-                    "virtio-blk: cannot return descriptor {head}: {e:?}"
+                    "virtio-blk: cannot return descriptor {}: {e:?}",
+                    d.head
                 ));
             }
-            used = true;
         }
         used
     }
@@ -289,6 +312,7 @@ pub(crate) fn serve_for_fuzz(
     mem: GuestMemoryMmap,
     queue: Queue,
     disk: Box<dyn BlockBackend>,
+    engine: Box<dyn Engine>,
     interrupt: Arc<dyn VirtioInterrupt>,
 ) -> usize {
     let stats = Arc::new(BlockStats::default());
@@ -296,7 +320,8 @@ pub(crate) fn serve_for_fuzz(
         mem,
         queue,
         interrupt,
-        disk: Arc::new(Mutex::new(disk)),
+        disk: Arc::new(Mutex::new(AsyncDisk::new(disk, engine))),
+        batch: Batch::new(),
         id: [0; ID_BYTES],
         stats: stats.clone(),
         log: GuestLog::default(),

@@ -216,6 +216,42 @@ fn backend(e: storage::BlockError) -> RequestError {
 }
 
 impl Request {
+    /// For a read or write: checks the length is whole sectors and the range is on the disk;
+    /// returns the byte offset.
+    pub fn check_rw(&self, capacity: u64) -> Result<u64, RequestError> {
+        if !self.data_len.is_multiple_of(SECTOR_SIZE) {
+            return Err(RequestError::Misaligned {
+                len: self.data_len,
+                what: "the sector size",
+            });
+        }
+        range(self.sector, self.data_len, capacity)
+    }
+
+    /// Copies the data buffers, in order, into `out` (at most `out.len()` bytes).
+    pub fn gather(&self, mem: &GuestMemoryMmap, out: &mut [u8]) -> Result<(), RequestError> {
+        let mut at = 0usize;
+        for &(addr, len) in &self.data {
+            let n = (len as usize).min(out.len() - at);
+            mem.read_slice(&mut out[at..at + n], addr)
+                .map_err(|_| RequestError::Memory(addr.0))?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `data`, in order, into the data buffers.
+    pub fn scatter(&self, mem: &GuestMemoryMmap, data: &[u8]) -> Result<(), RequestError> {
+        let mut at = 0usize;
+        for &(addr, len) in &self.data {
+            let n = (len as usize).min(data.len() - at);
+            mem.write_slice(&data[at..at + n], addr)
+                .map_err(|_| RequestError::Memory(addr.0))?;
+            at += n;
+        }
+        Ok(())
+    }
+
     /// Runs the request; returns the number of bytes written into guest buffers (not counting
     /// the status byte).
     pub fn execute(
@@ -227,13 +263,7 @@ impl Request {
         let capacity = disk.size();
         match self.ty {
             VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-                if !self.data_len.is_multiple_of(SECTOR_SIZE) {
-                    return Err(RequestError::Misaligned {
-                        len: self.data_len,
-                        what: "the sector size",
-                    });
-                }
-                let offset = range(self.sector, self.data_len, capacity)?;
+                let offset = self.check_rw(capacity)?;
                 if self.ty == VIRTIO_BLK_T_IN {
                     self.read(mem, disk, offset)?;
                     Ok(self.data_len as u32)
@@ -365,45 +395,61 @@ pub fn process<I: Iterator<Item = Descriptor>>(
             return (done, Some(e));
         }
     };
-    let status_addr = status_address(mem, &descs);
-    let mut done = Completion {
-        status_addr,
-        status: VIRTIO_BLK_S_IOERR as u8,
-        used_len: 0,
-    };
-    if status_addr.is_none() {
+    let Some(status_addr) = status_address(mem, &descs) else {
+        let done = Completion {
+            status_addr: None,
+            status: VIRTIO_BLK_S_IOERR as u8,
+            used_len: 0,
+        };
         return (done, Some(RequestError::NoStatus));
-    }
-    let result = parse(mem, &descs).and_then(|req| {
-        let known = matches!(
-            req.ty,
-            VIRTIO_BLK_T_IN
-                | VIRTIO_BLK_T_OUT
-                | VIRTIO_BLK_T_FLUSH
-                | VIRTIO_BLK_T_GET_ID
-                | VIRTIO_BLK_T_DISCARD
-                | VIRTIO_BLK_T_WRITE_ZEROES
-        );
-        if !known {
-            return Ok(None);
+    };
+    match parse(mem, &descs) {
+        Ok(req) => complete(mem, &req, status_addr, disk, id),
+        Err(e) => {
+            let done = Completion {
+                status_addr: Some(status_addr),
+                status: VIRTIO_BLK_S_IOERR as u8,
+                used_len: 1,
+            };
+            (done, Some(e))
         }
-        req.execute(mem, disk, id).map(Some)
-    });
-    let err = match result {
-        Ok(Some(n)) => {
+    }
+}
+
+/// Runs a parsed request synchronously; errors become the status.
+pub fn complete(
+    mem: &GuestMemoryMmap,
+    req: &Request,
+    status_addr: GuestAddress,
+    disk: &mut dyn BlockBackend,
+    id: &[u8; ID_BYTES],
+) -> (Completion, Option<RequestError>) {
+    let known = matches!(
+        req.ty,
+        VIRTIO_BLK_T_IN
+            | VIRTIO_BLK_T_OUT
+            | VIRTIO_BLK_T_FLUSH
+            | VIRTIO_BLK_T_GET_ID
+            | VIRTIO_BLK_T_DISCARD
+            | VIRTIO_BLK_T_WRITE_ZEROES
+    );
+    let mut done = Completion {
+        status_addr: Some(status_addr),
+        status: VIRTIO_BLK_S_UNSUPP as u8,
+        used_len: 1,
+    };
+    if !known {
+        return (done, None);
+    }
+    match req.execute(mem, disk, id) {
+        Ok(n) => {
             done.status = VIRTIO_BLK_S_OK as u8;
             done.used_len = n + 1;
-            None
-        }
-        Ok(None) => {
-            done.status = VIRTIO_BLK_S_UNSUPP as u8;
-            done.used_len = 1;
-            None
+            (done, None)
         }
         Err(e) => {
-            done.used_len = 1;
-            Some(e)
+            done.status = VIRTIO_BLK_S_IOERR as u8;
+            (done, Some(e))
         }
-    };
-    (done, err)
+    }
 }
