@@ -62,6 +62,9 @@ pub async fn run(cfg: Config, opts: ServeOptions) -> Result<(), ServeError> {
     }
     let listener = bind(&opts.socket, 0o660)?;
     let gid = opts.group.as_deref().and_then(group_id);
+    if let (Some(name), None) = (&opts.group, gid) {
+        tracing::warn!("group {name:?} does not exist: only root and this user may connect");
+    }
     if let Some(g) = gid {
         let c = CString::new(opts.socket.as_os_str().as_encoded_bytes()).unwrap_or_default();
         // SAFETY: chown with a NUL-terminated path; -1 keeps the owner.

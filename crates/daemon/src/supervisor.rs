@@ -66,6 +66,8 @@ pub(crate) struct Slot {
 
 /// The daemon.
 pub struct Daemon {
+    /// Held for the daemon's life: one daemon per state folder.
+    _lock: std::fs::File,
     pub cfg: Config,
     pub db: Db,
     pub events: broadcast::Sender<Event>,
@@ -91,9 +93,11 @@ impl Daemon {
         std::fs::create_dir_all(cfg.state_dir.join("vms")).map_err(|e| {
             ApiError::internal(format!("cannot create {}: {e}", cfg.state_dir.display()))
         })?;
+        let lock = lock_state_dir(&cfg.state_dir)?;
         let db = Db::open(&cfg.state_dir.join("thinvmd.db")).map_err(db_error)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Daemon {
+            _lock: lock,
             cfg,
             db,
             events,
@@ -383,6 +387,28 @@ impl Daemon {
             Err(state) => Err(wrong_state("delete", name, state)),
         }
     }
+}
+
+/// Takes `STATE_DIR/thinvmd.lock` (flock): a second daemon on the same folder would adopt and
+/// restart the same VMs.
+fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ApiError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("thinvmd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ApiError::internal(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own; non-blocking.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(ApiError::conflict(format!(
+            "another thinvmd uses {} (lock {} is held)",
+            dir.display(),
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// An error from a VMM's API as the daemon's.

@@ -321,7 +321,7 @@ async fn recovery_settles_vmms_that_ended_while_the_daemon_was_away() {
     use api::daemon::State;
     use daemon::db::Change;
     let e = env("recover");
-    let state = e.dir.join("state");
+    let state = e.dir.join("state2");
     let cfg = |vmm: &str| {
         let mut c = Config::new(state.clone(), e.dir.join(vmm));
         c.allowed_dirs = vec![e.dir.join("images")];
@@ -363,6 +363,10 @@ async fn recovery_settles_vmms_that_ended_while_the_daemon_was_away() {
     drop(d);
 
     let d = Daemon::new(cfg("no-such-thinvm")).unwrap();
+    let second = Daemon::new(cfg("no-such-thinvm"))
+        .err()
+        .expect("one daemon per state folder");
+    assert_eq!(second.code, "conflict", "{second}");
     d.recover().await.unwrap();
     let gone = d.get("gone").await.unwrap();
     // on-failure with a missing VMM binary: the restart fails later; right now it is crashed.
