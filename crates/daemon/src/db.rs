@@ -341,13 +341,35 @@ fn add_event(
         path: path.to_path_buf(),
         source,
     })?;
+    let id = t.last_insert_rowid();
+    if id % PRUNE_EVERY == 0 {
+        prune_events(t, path, id, KEEP_EVENTS)?;
+    }
     Ok(Event {
-        id: t.last_insert_rowid(),
+        id,
         time_ms,
         vm: vm.to_string(),
         state,
         message: msg.to_string(),
     })
+}
+
+/// How many events are kept (older ones are pruned; a client resuming from a pruned id gets
+/// what is left).
+pub const KEEP_EVENTS: i64 = 100_000;
+const PRUNE_EVERY: i64 = 1000;
+
+/// Deletes the events older than the `keep` last ones before `last`.
+pub fn prune_events(t: &Transaction<'_>, path: &Path, last: i64, keep: i64) -> Result<(), DbError> {
+    t.execute(
+        "DELETE FROM events WHERE id <= ?1",
+        [last.saturating_sub(keep)],
+    )
+    .map_err(|source| DbError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
 }
 
 fn get_row(t: &Transaction<'_>, path: &Path, name: &str) -> Result<VmRow, DbError> {

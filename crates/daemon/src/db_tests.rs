@@ -135,3 +135,22 @@ async fn a_full_database_is_an_error_not_a_corruption() {
     assert_eq!(check, "ok");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn old_events_are_pruned() {
+    let (dir, db) = temp_db("prune");
+    for i in 0..10 {
+        db.insert(spec(&format!("v{i}"))).await.unwrap();
+    }
+    let path = dir.join("state.db");
+    db.tx(move |t| prune_events(t, &path, 10, 3)).await.unwrap();
+    let ids: Vec<i64> = db
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, [8, 9, 10]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
