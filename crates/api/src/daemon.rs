@@ -275,6 +275,12 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "post",
+        path: "/v1/vms/{name}/restart",
+        summary: "Stop (as stop, ?timeout=), wait until stopped, start",
+        status: 200,
+    },
+    Route {
+        method: "post",
         path: "/v1/vms/{name}/kill",
         summary: "Kill the VMM (SIGKILL)",
         status: 200,

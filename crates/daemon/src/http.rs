@@ -31,6 +31,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}/start", post(start))
         .route("/v1/vms/{name}/stop", post(stop))
         .route("/v1/vms/{name}/kill", post(kill))
+        .route("/v1/vms/{name}/restart", post(restart))
         .route("/v1/vms/{name}/pause", post(pause))
         .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/logs", get(logs))
@@ -100,18 +101,31 @@ async fn stop(
     Query(q): Query<HashMap<String, String>>,
 ) -> Res<Json<VmStatus>> {
     checked(&name)?;
-    let timeout = match q.get("timeout") {
-        None => None,
-        Some(t) => Some(Duration::from_secs_f64(
+    let timeout = stop_timeout(&q)?;
+    d.stop(&name, timeout).await.map(Json)
+}
+
+async fn restart(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res<Json<VmStatus>> {
+    checked(&name)?;
+    d.restart(&name, stop_timeout(&q)?).await.map(Json)
+}
+
+fn stop_timeout(q: &HashMap<String, String>) -> Res<Option<Duration>> {
+    q.get("timeout")
+        .map(|t| {
             t.parse::<f64>()
                 .ok()
                 .filter(|s| s.is_finite() && (0.0..=3600.0).contains(s))
+                .map(Duration::from_secs_f64)
                 .ok_or_else(|| {
                     ApiError::bad_request(format!("timeout={t}: expected seconds in 0..=3600"))
-                })?,
-        )),
-    };
-    d.stop(&name, timeout).await.map(Json)
+                })
+        })
+        .transpose()
 }
 
 async fn kill(State(d): D, Path(name): Path<String>) -> Res<Json<VmStatus>> {

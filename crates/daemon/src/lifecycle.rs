@@ -88,6 +88,37 @@ impl Daemon {
         Ok(row.status)
     }
 
+    /// Stops the VM (as [`Self::stop`]), waits until its VMM has ended, and starts it again.
+    pub async fn restart(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<VmStatus, ApiError> {
+        let row = self.db.get(name).await.map_err(db_error)?;
+        if row.status.state.has_process() {
+            self.stop(name, timeout).await?;
+            let limit = timeout.unwrap_or(self.cfg.stop_timeout) + Duration::from_secs(15);
+            let deadline = tokio::time::Instant::now() + limit;
+            while self
+                .db
+                .get(name)
+                .await
+                .map_err(db_error)?
+                .status
+                .state
+                .has_process()
+            {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ApiError::internal(format!(
+                        "restart {name:?}: the VM did not stop within {limit:?}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.start(name).await
+    }
+
     /// The stop's second step: `vm.shutdown`, then SIGKILL if the VMM still runs.
     async fn hard_stop(&self, name: &str, generation: u64, proc: Option<Arc<Proc>>) {
         let Some(proc) = proc else { return };

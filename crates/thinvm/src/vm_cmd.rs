@@ -82,6 +82,13 @@ pub enum VmCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Stop a VM (as stop), then start it again.
+    Restart {
+        name: String,
+        /// Seconds to wait for the guest to power off before the hard stop.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+    },
     /// Kill a VM's VMM (SIGKILL).
     Kill { name: String },
     /// Delete a VM that does not run.
@@ -197,6 +204,10 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 let limit = Duration::from_secs_f64(timeout.unwrap_or(30.0) + 30.0);
                 wait_for_end(c, &name, limit).await?
             }
+        }
+        VmCommand::Restart { name, timeout } => {
+            let q = timeout.map(|t| format!("?timeout={t}")).unwrap_or_default();
+            call(c, "POST", &vm(&name, &format!("/restart{q}")), None).await?
         }
         VmCommand::Kill { name } => call(c, "POST", &vm(&name, "/kill"), None).await?,
         VmCommand::Delete { name } => {

@@ -76,6 +76,14 @@ async fn lifecycle_stop_crash_restart_and_adoption() {
     let (s, v) = call(&c, "POST", "/v1/vms/idle/resume", None).await;
     assert_eq!((s, state(&v)), (200, "running"), "{v}");
 
+    // Restart: the guest powers off on the button, and a new VMM runs it again.
+    let before = v_pid(&c, "btn").await;
+    let (s, v) = call(&c, "POST", "/v1/vms/btn/restart?timeout=20", None).await;
+    assert_eq!((s, state(&v)), (200, "running"), "{v}");
+    assert_ne!(v["pid"].as_i64(), Some(i64::from(before)));
+    let (s, _) = call(&c, "POST", "/v1/vms/btn/restart?timeout=x", None).await;
+    assert_eq!(s, 400);
+
     // A clean stop: the guest powers itself off on the power button, long before the timeout.
     let (s, v) = call(&c, "POST", "/v1/vms/btn/stop?timeout=20", None).await;
     assert_eq!((s, state(&v)), (200, "stopping"), "{v}");
