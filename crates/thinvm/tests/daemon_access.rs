@@ -42,6 +42,16 @@ fn list_as(
     cmd.output().unwrap()
 }
 
+/// Ends the daemon even when the test fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn only_root_and_the_group_are_served() {
     // SAFETY: geteuid has no preconditions.
@@ -58,7 +68,7 @@ fn only_root_and_the_group_are_served() {
     let bin = dir.join("thinvm");
     std::fs::copy(THINVM, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut daemon = Command::new(THINVM)
+    let daemon = Command::new(THINVM)
         .args(["daemon", "--group", "daemon", "--socket"])
         .arg(&socket)
         .arg("--state-dir")
@@ -67,6 +77,7 @@ fn only_root_and_the_group_are_served() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut daemon = KillOnDrop(daemon);
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(
@@ -92,8 +103,8 @@ fn only_root_and_the_group_are_served() {
         .arg(&socket)
         .output()
         .unwrap();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
     assert!(
