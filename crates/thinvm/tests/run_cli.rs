@@ -107,3 +107,28 @@ fn initrd_without_kernel() {
         "--initrd needs --kernel",
     );
 }
+
+#[test]
+fn dev_kvm_not_permitted() {
+    // As root, run thinvm as `nobody`, who may not open /dev/kvm (crw------- root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP dev_kvm_not_permitted: needs root to switch to nobody");
+        return;
+    }
+    let k = scratch("k-nobody", b"x");
+    let dir = std::path::Path::new(&k).parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", THINVM])
+        .args(["run", "--testbed", "never", "--kernel", &k])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot open /dev/kvm"), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
