@@ -2,6 +2,7 @@
 //! watches and restarts them, adopts them again after its own restart, and serves a REST API on
 //! a Unix socket.
 
+pub mod confine;
 pub mod db;
 pub mod http;
 pub mod lifecycle;

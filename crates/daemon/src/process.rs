@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -62,7 +62,13 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
 impl Proc {
     /// Starts `binary args` in a new session, stdin from /dev/null, stdout and stderr appended
     /// to `log` (never a pipe: the VMM must not die with the daemon).
-    pub fn spawn(binary: &Path, args: &[String], log: &Path) -> Result<Proc, ProcessError> {
+    /// The descriptors in `inherit` stay open in the VMM (same numbers).
+    pub fn spawn(
+        binary: &Path,
+        args: &[String],
+        log: &Path,
+        inherit: &[RawFd],
+    ) -> Result<Proc, ProcessError> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -80,12 +86,19 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
-        // SAFETY: the closure runs in the child between fork and exec and only calls setsid,
-        // which is async-signal-safe.
+        let inherit = inherit.to_vec();
+        // SAFETY: the closure runs in the child between fork and exec and only calls setsid and
+        // fcntl (clearing close-on-exec on descriptors the parent keeps open until the spawn
+        // returns), which are async-signal-safe; it does not allocate.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -221,12 +234,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("thinvmd-proc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("out.log");
+        // A descriptor to inherit: the child sees it under the same number.
+        let keep = std::fs::File::open("/dev/null").unwrap();
+        let fd = keep.as_raw_fd();
         let p = Proc::spawn(
             Path::new("/bin/sh"),
             &["-c".into(), "echo hi; sleep 30".into()],
             &log,
+            &[fd],
         )
         .unwrap();
+        let target = std::fs::read_link(format!("/proc/{}/fd/{fd}", p.pid)).unwrap();
+        assert_eq!(target, Path::new("/dev/null"));
         assert!(p.start_time > 0);
         // Its own session: the session id is its pid.
         // SAFETY: getsid has no memory arguments.

@@ -13,6 +13,9 @@ use api::ApiError;
 use serde_json::json;
 use tokio::sync::{broadcast, Mutex};
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::confine::{open_beneath, ConfineError};
 use crate::db::{Change, Db, DbError, VmRow};
 use crate::process::Proc;
 
@@ -122,44 +125,36 @@ impl Daemon {
         Ok(row)
     }
 
-    /// Checks that `path` resolves inside an allowed folder (no `..` or symlink escape).
-    fn confine(&self, field: &str, path: &str) -> Result<(), ApiError> {
-        let real = std::fs::canonicalize(path)
-            .map_err(|e| ApiError::bad_request(format!("{field}: {path}: {e}")))?;
-        let inside = self
-            .cfg
-            .allowed_dirs
-            .iter()
-            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
-        if inside && real.is_file() {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                403,
-                "path_not_allowed",
-                format!(
-                    "{field}: {path} is not a file inside the allowed folders ({})",
-                    self.cfg
-                        .allowed_dirs
-                        .iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ))
-        }
+    /// Opens `path` inside an allowed folder (see [`crate::confine`]).
+    fn confine_open(&self, field: &str, path: &str, write: bool) -> Result<OwnedFd, ApiError> {
+        open_beneath(&self.cfg.allowed_dirs, path, write).map_err(|e| match e {
+            ConfineError::Resolve { .. } => ApiError::bad_request(format!("{field}: {e}")),
+            other => ApiError::new(403, "path_not_allowed", format!("{field}: {other}")),
+        })
+    }
+
+    /// Opens the VM's kernel, initrd and disks (confined), in that order.
+    fn open_files(&self, spec: &VmSpec) -> Result<PayloadFds, ApiError> {
+        Ok(PayloadFds {
+            kernel: self.confine_open("kernel", &spec.kernel, false)?,
+            initrd: spec
+                .initrd
+                .as_deref()
+                .map(|i| self.confine_open("initrd", i, false))
+                .transpose()?,
+            disks: spec
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| self.confine_open(&format!("disks[{i}].path"), &d.path, !d.readonly))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// Defines a VM.
     pub async fn create(self: &Arc<Self>, spec: VmSpec) -> Result<VmStatus, ApiError> {
         spec.validate().map_err(ApiError::bad_request)?;
-        self.confine("kernel", &spec.kernel)?;
-        if let Some(i) = &spec.initrd {
-            self.confine("initrd", i)?;
-        }
-        for (i, d) in spec.disks.iter().enumerate() {
-            self.confine(&format!("disks[{i}].path"), &d.path)?;
-        }
+        drop(self.open_files(&spec)?);
         let (row, ev) = self.db.insert(spec).await.map_err(db_error)?;
         let _ = self.events.send(ev);
         Ok(row.status)
@@ -195,15 +190,9 @@ impl Daemon {
         restarts: u32,
     ) -> Result<VmRow, ApiError> {
         let row = self.db.get(name).await.map_err(db_error)?;
-        // Again at every start: a path may have been swapped for a symlink since the create.
-        let spec = &row.status.spec;
-        self.confine("kernel", &spec.kernel)?;
-        if let Some(i) = &spec.initrd {
-            self.confine("initrd", i)?;
-        }
-        for (i, d) in spec.disks.iter().enumerate() {
-            self.confine(&format!("disks[{i}].path"), &d.path)?;
-        }
+        // Opened again at every start (a path may have been swapped since the create); the VMM
+        // inherits the descriptors and opens /proc/self/fd/N, never the names.
+        let files = self.open_files(&row.status.spec)?;
         let dir = self.vm_dir(name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
@@ -213,7 +202,13 @@ impl Daemon {
         change.restarts = Some(restarts);
         self.record(name, change).await?;
         let args = self.vmm_args(&dir);
-        let proc = match Proc::spawn(&self.cfg.vmm_binary, &args, &dir.join("vmm.log")) {
+        let spawned = Proc::spawn(
+            &self.cfg.vmm_binary,
+            &args,
+            &dir.join("vmm.log"),
+            &files.raw(),
+        );
+        let proc = match spawned {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 let e = ApiError::internal(e.to_string());
@@ -225,7 +220,7 @@ impl Daemon {
         let mut change = Change::to(State::Starting, format!("VMM pid {}", proc.pid));
         change.process = Some(Some((proc.pid, proc.start_time)));
         self.record(name, change).await?;
-        if let Err(e) = self.boot(&dir, &row.status.spec, &proc).await {
+        if let Err(e) = self.boot(&dir, &row.status.spec, &files, &proc).await {
             return self.start_failed(name, slot, Some(proc), e).await;
         }
         let row = self
@@ -252,7 +247,13 @@ impl Daemon {
     }
 
     /// Waits for the VMM's API, then `vm.create` and `vm.boot`.
-    async fn boot(&self, dir: &Path, spec: &VmSpec, proc: &Proc) -> Result<(), ApiError> {
+    async fn boot(
+        &self,
+        dir: &Path,
+        spec: &VmSpec,
+        files: &PayloadFds,
+        proc: &Proc,
+    ) -> Result<(), ApiError> {
         let client = Client::new(dir.join("api.sock"));
         let deadline = tokio::time::Instant::now() + self.cfg.ready_timeout;
         loop {
@@ -280,12 +281,12 @@ impl Daemon {
             "cpus": {"boot_vcpus": spec.cpus, "max_vcpus": spec.cpus},
             "memory": {"size": spec.memory},
             "payload": {
-                "kernel": spec.kernel,
-                "initramfs": spec.initrd,
+                "kernel": fd_path(&files.kernel),
+                "initramfs": files.initrd.as_ref().map(fd_path),
                 "cmdline": spec.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
             },
-            "disks": spec.disks.iter().map(|d| json!({
-                "path": d.path,
+            "disks": spec.disks.iter().zip(&files.disks).map(|(d, fd)| json!({
+                "path": fd_path(fd),
                 "readonly": d.readonly,
                 "image_type": match d.format {
                     DiskFormat::Raw => "Raw",
@@ -409,6 +410,27 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ApiError> {
         )));
     }
     Ok(f)
+}
+
+/// The descriptors a VMM inherits for its payload and disks.
+struct PayloadFds {
+    kernel: OwnedFd,
+    initrd: Option<OwnedFd>,
+    disks: Vec<OwnedFd>,
+}
+
+impl PayloadFds {
+    fn raw(&self) -> Vec<RawFd> {
+        let mut v = vec![self.kernel.as_raw_fd()];
+        v.extend(self.initrd.iter().map(|f| f.as_raw_fd()));
+        v.extend(self.disks.iter().map(|f| f.as_raw_fd()));
+        v
+    }
+}
+
+/// How the VMM names an inherited descriptor (same number in the child).
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// An error from a VMM's API as the daemon's.

@@ -337,12 +337,17 @@ async fn the_cli_drives_the_daemon() {
     // The VMM got the disk, with its absolute path.
     let vmm = api::client::Client::new(dir.join("state/vms/web/api.sock"));
     let (_, info) = call(&vmm, "GET", "/api/v1/vm.info", None).await;
-    let want = dir.join("images/disk.img").display().to_string();
-    assert_eq!(
-        info["config"]["disks"][0]["path"].as_str(),
-        Some(want.as_str()),
-        "{info}"
-    );
+    // The VMM was given an inherited descriptor of the file, not its name.
+    let fd_path = info["config"]["disks"][0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fd = fd_path
+        .strip_prefix("/proc/self/fd/")
+        .expect("a descriptor path");
+    let pid = info_pid(&d, "web").await;
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert_eq!(target, dir.join("images/disk.img"));
     assert_eq!(info["config"]["disks"][0]["readonly"], true);
     assert_eq!(info["config"]["rng"], true);
     let (_, out, _) = cli(&["list", "--json"]);
@@ -368,4 +373,9 @@ async fn the_cli_drives_the_daemon() {
     assert_eq!((code, out.trim()), (Some(0), "deleted web"));
     let (_, out, _) = cli(&["list", "--json"]);
     assert_eq!(out.trim(), "[]");
+}
+
+async fn info_pid(d: &Thinvmd, name: &str) -> i32 {
+    let (_, v) = call(&d.client, "GET", &format!("/v1/vms/{name}"), None).await;
+    v["pid"].as_i64().unwrap() as i32
 }
