@@ -7,11 +7,13 @@
 //!   configuration capabilities in BAR 0, the MSI-X table and PBA in the same BAR.
 //! - [`WorkerThread`]: a named thread that waits on the queue eventfds (ioeventfds underneath,
 //!   so notifications never pass through a vCPU exit) and is stopped and joined on drop.
-//! - [`block`]: virtio-blk on the storage crate's backends; [`rng`]: virtio-rng from getrandom.
+//! - [`block`]: virtio-blk on the storage crate's backends; [`rng`]: virtio-rng from getrandom;
+//!   [`net`]: virtio-net on a TAP device.
 
 pub mod block;
 mod common;
 pub mod fuzz;
+pub mod net;
 mod pci;
 pub mod rng;
 mod worker;
@@ -59,6 +61,8 @@ pub mod device_type {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Network card.
+    pub const NET: u32 = 1;
 }
 
 /// Which interrupt a device raises.
