@@ -17,5 +17,5 @@ mod vm;
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal};
 pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};
-pub use pci::{DiskConfig, PciBus};
+pub use pci::{DiskConfig, NetConfig, PciBus};
 pub use vm::{Payload, Vm, VmConfig};

@@ -14,6 +14,7 @@ use devices::pci::{
     MsiMessage, MsiSink, PciConfigIo, PciConfigMmio, PciRoot, CONFIG_IO_BASE, CONFIG_IO_LEN,
 };
 use devices::virtio::block::Block;
+use devices::virtio::net::{mac_from_seed, Net, Tap};
 use devices::virtio::rng::Rng;
 use devices::virtio::{
     msix_vectors, notify_address, VirtioDevice, VirtioPciDevice, VIRTIO_BAR_SIZE,
@@ -36,6 +37,17 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// What GET_ID answers (at most 20 bytes); the file name when `None`.
     pub serial: Option<String>,
+}
+
+/// A network card for virtio-net: exactly one of `tap` and `fd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// A TAP to open, or to create (which needs CAP_NET_ADMIN).
+    pub tap: Option<String>,
+    /// An inherited TAP descriptor (opened with IFF_VNET_HDR), owned by the device from then on.
+    pub fd: Option<std::os::fd::RawFd>,
+    /// The guest's MAC; when `None`, a locally administered one derived from the TAP's name.
+    pub mac: Option<[u8; 6]>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -170,6 +182,23 @@ impl PciBus {
     /// Adds a virtio-rng device.
     pub fn add_rng(&mut self) -> Result<(), Error> {
         self.add_virtio(Box::new(Rng::new()))
+    }
+
+    /// Adds a virtio-net device on the TAP of `net`.
+    pub fn add_net(&mut self, net: &NetConfig) -> Result<(), Error> {
+        let err = dev_err("virtio-net");
+        let tap = match (&net.tap, net.fd) {
+            (Some(name), None) => Tap::open(name),
+            // SAFETY: the caller hands over `fd` (an inherited descriptor given on the command
+            // line, checked to be above stderr and given once) to the device, which owns it.
+            (None, Some(fd)) => unsafe { Tap::from_fd(fd) },
+            _ => return Err(err("give exactly one of tap=NAME and fd=N".into())),
+        }
+        .map_err(|e| dev_err("virtio-net")(e.to_string()))?;
+        let mac = net
+            .mac
+            .unwrap_or_else(|| mac_from_seed(tap.name().as_bytes()));
+        self.add_virtio(Box::new(Net::new(Box::new(tap), mac)))
     }
 
     /// Number of virtio devices added.
