@@ -5,6 +5,7 @@ mod daemon_cmd;
 mod disk_arg;
 mod image_cmd;
 mod nested;
+mod net_arg;
 mod run;
 mod size;
 mod vm_cmd;

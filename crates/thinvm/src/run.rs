@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Add a virtio-rng device fed from the host's getrandom (the guest's /dev/hwrng).
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-net card: `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]` (an inherited TAP); repeatable.
+    /// Without mac=, a locally administered MAC derived from the TAP's name.
+    #[arg(long = "net", value_name = "SPEC", value_parser = crate::net_arg::parse_net)]
+    pub nets: Vec<vmm::NetConfig>,
     /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
     #[arg(long, value_enum, default_value = "auto")]
     pub testbed: TestbedMode,
@@ -96,9 +100,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         }
         _ => false,
     };
-    if use_testbed && (!args.disks.is_empty() || args.rng) {
+    if use_testbed && (!args.disks.is_empty() || args.rng || !args.nets.is_empty()) {
         return Err(anyhow::anyhow!(
-            "--disk and --rng are not passed into the nested testbed yet: run thinvm inside it"
+            "--disk, --rng and --net are not passed into the nested testbed yet: run thinvm \
+             inside it"
         )
         .into());
     }
@@ -142,6 +147,14 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         error: e.into(),
     })?;
     crate::disk_arg::attach(&mut vm, &args.disks, args.rng).map_err(|e| Failure {
+        code: if e.is_bad_input() { 2 } else { 5 },
+        error: e.into(),
+    })?;
+    crate::net_arg::check_unique(&args.nets).map_err(|e| Failure {
+        code: 2,
+        error: anyhow::anyhow!(e),
+    })?;
+    crate::net_arg::attach(&mut vm, &args.nets).map_err(|e| Failure {
         code: if e.is_bad_input() { 2 } else { 5 },
         error: e.into(),
     })?;
