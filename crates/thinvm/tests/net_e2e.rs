@@ -1,0 +1,136 @@
+//! End to end in the nested testbed: Debian's kernel on thinvm with a virtio-net card on a TAP
+//! that thinvm creates in the outer machine (`--net tap=NAME,mac=MAC`). The outer machine
+//! addresses its side of the TAP, the guest pings it (small and fragmented packets), then the
+//! outer machine pings the guest and the guest counts the echo requests it answered.
+//!
+//! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testbed::{
+    GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Status, Testbed, TestbedConfig,
+};
+
+const GUEST_MODULES: [&str; 8] = [
+    "virtio",
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+const MAC: &str = "02:54:00:12:34:56";
+
+/// The guest side: addresses the card, pings the host, waits for the host's pings.
+const GUEST_SCRIPT: &str = r#"#!/bin/sh
+dev=$(for d in /sys/class/net/*; do [ "$(cat $d/address)" = "02:54:00:12:34:56" ] && basename $d; done)
+echo "NET-DEV=$dev"
+[ -n "$dev" ] || { ls /sys/class/net; exit 1; }
+echo "NET-MAC=$(cat /sys/class/net/$dev/address)"
+ip link set "$dev" up
+ip addr add 10.213.9.2/24 dev "$dev"
+echo GUEST-NET-UP
+i=0
+until ping -c 1 -W 1 10.213.9.1 >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 30 ] && break
+done
+if ping -c 3 -W 2 10.213.9.1 && ping -c 2 -W 2 -s 4000 10.213.9.1; then
+    echo "GUEST-PING=ok"
+else
+    echo "GUEST-PING=fail"
+fi
+echos() {
+    awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "InEchos") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
+i=0
+while [ "$(echos)" -lt 3 ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+echo "GUEST-IN-ECHOS=$(echos)"
+cat /proc/net/dev
+"#;
+
+/// The outer side: thinvm in the background, the TAP addressed once thinvm made it, the
+/// guest pinged once it says its side is up.
+const OUTER_SCRIPT: &str = r#"
+"$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
+    --memory 256M --net tap=tvnet0,mac=02:54:00:12:34:56 \
+    --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-net' </dev/null >/tmp/out 2>/tmp/err &
+pid=$!
+i=0
+until ip link show tvnet0 >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 300 ] && break; sleep 0.1
+done
+ip addr add 10.213.9.1/24 dev tvnet0
+ip link set tvnet0 up
+i=0
+until grep -q GUEST-NET-UP /tmp/out; do
+    i=$((i + 1)); [ $i -ge 1200 ] && break; sleep 0.1
+done
+sleep 1
+if ping -c 3 -W 2 10.213.9.2; then echo "HOST-PING=ok"; else echo "HOST-PING=fail"; fi
+wait $pid
+rc=$?
+cat /tmp/out
+sed 's/^/STDERR: /' /tmp/err
+echo "VMM-RC=$rc"
+exit $rc
+"#;
+
+fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn virtio_net_pings_both_ways_in_the_testbed() {
+    if std::env::var_os("THINVM_E2E").is_none() {
+        eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
+        return;
+    }
+    let mut tests = testbed::images::builtin_guest_tests();
+    tests.push(Script::new("virtio-net", GUEST_SCRIPT));
+    let mut outer_modules = OuterSpec::default().modules;
+    outer_modules.push("tun".into());
+    let config = TestbedConfig {
+        guest: GuestSpec {
+            modules: GUEST_MODULES.map(String::from).into(),
+            tests,
+        },
+        outer: OuterSpec {
+            modules: outer_modules,
+            thinvm: Some(PathBuf::from(env!("CARGO_BIN_EXE_thinvm"))),
+            ..OuterSpec::default()
+        },
+        ..TestbedConfig::default()
+    };
+    let tb = Testbed::new(&config).expect("testbed");
+    let opts = OuterOptions {
+        echo: std::env::var_os("THINVM_E2E_ECHO").is_some(),
+        ..OuterOptions::default()
+    };
+    let scenarios = [Scenario {
+        name: "virtio-net-ping".into(),
+        script: OUTER_SCRIPT.into(),
+        timeout: Duration::from_secs(300),
+    }];
+    let results = tb.run(&opts, &scenarios).expect("outer run");
+    let r = &results[0];
+    let log = &r.log;
+    let ctx = format!("{} (console {}):\n{log}", r.name, r.console_log.display());
+    assert_eq!(r.status, Status::Passed, "{ctx}");
+    assert_eq!(value(log, "VMM-RC"), Some("0"), "{ctx}");
+    assert_eq!(value(log, "NET-MAC"), Some(MAC), "{ctx}");
+    assert_eq!(value(log, "GUEST-PING"), Some("ok"), "{ctx}");
+    assert_eq!(value(log, "HOST-PING"), Some("ok"), "{ctx}");
+    let echos: u32 = value(log, "GUEST-IN-ECHOS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        echos >= 3,
+        "the guest answered {echos} echo requests: {ctx}"
+    );
+    assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
+}
