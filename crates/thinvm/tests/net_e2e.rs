@@ -1,7 +1,9 @@
 //! End to end in the nested testbed: Debian's kernel on thinvm with a virtio-net card on a TAP
 //! that thinvm creates in the outer machine (`--net tap=NAME,mac=MAC`). The outer machine
 //! addresses its side of the TAP, the guest pings it (small and fragmented packets), then the
-//! outer machine pings the guest and the guest counts the echo requests it answered.
+//! outer machine pings the guest and the guest counts the echo requests it answered. Then 16 MiB
+//! of random data go each way over TCP (busybox nc; checksum and TSO offloads negotiated) and
+//! arrive with the sha256 they were sent with.
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
@@ -33,6 +35,10 @@ echo "NET-DEV=$dev"
 echo "NET-MAC=$(cat /sys/class/net/$dev/address)"
 ip link set "$dev" up
 ip addr add 10.213.9.2/24 dev "$dev"
+printf '#!/bin/sh\ncat > /tmp/h2g\n' > /tmp/recv.sh
+chmod +x /tmp/recv.sh
+timeout 180 nc -l -p 5002 -e /tmp/recv.sh &
+lpid=$!
 echo GUEST-NET-UP
 i=0
 until ping -c 1 -W 1 10.213.9.1 >/dev/null 2>&1; do
@@ -46,6 +52,11 @@ fi
 echos() {
     awk '/^Icmp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "InEchos") c = i; h = 1 } else print $c }' /proc/net/snmp
 }
+dd if=/dev/urandom of=/tmp/gblob bs=1M count=16 2>/dev/null
+echo "G2H-SENT-SHA=$(sha256sum /tmp/gblob | cut -d' ' -f1)"
+timeout 180 nc 10.213.9.1 5001 < /tmp/gblob
+wait $lpid
+echo "H2G-GOT-SHA=$(sha256sum /tmp/h2g | cut -d' ' -f1)"
 i=0
 while [ "$(echos)" -lt 3 ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
 echo "GUEST-IN-ECHOS=$(echos)"
@@ -55,6 +66,9 @@ cat /proc/net/dev
 /// The outer side: thinvm in the background, the TAP addressed once thinvm made it, the
 /// guest pinged once it says its side is up.
 const OUTER_SCRIPT: &str = r#"
+printf '#!/bin/sh\ncat > /tmp/g2h\n' > /tmp/recv.sh
+chmod +x /tmp/recv.sh
+timeout 240 nc -l -p 5001 -e /tmp/recv.sh &
 "$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
     --memory 256M --net tap=tvnet0,mac=02:54:00:12:34:56 \
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-net' </dev/null >/tmp/out 2>/tmp/err &
@@ -71,9 +85,13 @@ until grep -q GUEST-NET-UP /tmp/out; do
 done
 sleep 1
 if ping -c 3 -W 2 10.213.9.2; then echo "HOST-PING=ok"; else echo "HOST-PING=fail"; fi
+dd if=/dev/urandom of=/tmp/hblob bs=1M count=16 2>/dev/null
+echo "H2G-SENT-SHA=$(sha256sum /tmp/hblob | cut -d' ' -f1)"
+timeout 180 nc 10.213.9.2 5002 < /tmp/hblob
 wait $pid
 rc=$?
 cat /tmp/out
+echo "G2H-GOT-SHA=$(sha256sum /tmp/g2h | cut -d' ' -f1)"
 sed 's/^/STDERR: /' /tmp/err
 echo "VMM-RC=$rc"
 exit $rc
@@ -114,7 +132,7 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
     let scenarios = [Scenario {
         name: "virtio-net-ping".into(),
         script: OUTER_SCRIPT.into(),
-        timeout: Duration::from_secs(300),
+        timeout: Duration::from_secs(500),
     }];
     let results = tb.run(&opts, &scenarios).expect("outer run");
     let r = &results[0];
@@ -132,5 +150,13 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
         echos >= 3,
         "the guest answered {echos} echo requests: {ctx}"
     );
+    for (key, got) in [
+        ("G2H-SENT-SHA", "G2H-GOT-SHA"),
+        ("H2G-SENT-SHA", "H2G-GOT-SHA"),
+    ] {
+        let sent = value(log, key).filter(|v| v.len() == 64);
+        assert!(sent.is_some(), "no {key} digest: {ctx}");
+        assert_eq!(value(log, got), sent, "{got}: {ctx}");
+    }
     assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
 }
