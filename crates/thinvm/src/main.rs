@@ -46,8 +46,8 @@ enum Command {
     Vmm(vmm_cmd::VmmArgs),
     /// Run thinvmd, the host service, in the foreground.
     Daemon(daemon_cmd::DaemonArgs),
-    /// Manage the daemon's VMs: create, list, show, start, stop, kill, delete, pause, resume,
-    /// logs, console.
+    /// Manage the daemon's VMs: create, list, show, start, stop, restart, kill, delete, pause,
+    /// resume, logs, console.
     Vm(vm_cmd::VmArgs),
     /// Host-side boot benchmark figures (start-up, exit round trip vs a bare KVM_RUN loop).
     #[command(hide = true)]
