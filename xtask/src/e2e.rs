@@ -36,6 +36,8 @@ struct Case {
     outer_smp: u32,
     /// Drive the guest's interactive shell through thinvm's stdin (no guest test script).
     shell: bool,
+    /// Run the guest under thinvmd in the outer machine and stop it with `thinvm vm stop`.
+    daemon: bool,
 }
 
 const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
@@ -50,6 +52,7 @@ const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
         stderr_has: None,
         outer_smp: 1,
         shell: false,
+        daemon: false,
     }
 }
 
@@ -72,6 +75,12 @@ fn cases() -> Vec<Case> {
             ..case("panic", "panic", 4)
         },
         case("acpi-poweroff", "acpi-poweroff", 0),
+        // thinvmd's clean stop: the ACPI power button reaches the guest's button driver, the
+        // guest powers itself off (not the hard stop after the timeout).
+        Case {
+            daemon: true,
+            ..case("daemon-power-button-stop", "power-button", 0)
+        },
         // Commands typed into the guest's shell through thinvm's stdin (the serial input path).
         Case {
             shell: true,
@@ -98,17 +107,43 @@ fn shell_script(c: &Case) -> String {
          pid=$!\nexec 3>$d/in\n\
          waitfor() {{ i=0; until grep -q \"$1\" $d/out; do i=$((i+1)); \
          [ $i -gt 600 ] && {{ echo \"never saw $1\"; return 1; }}; sleep 0.2; done; }}\n\
-         waitfor 'thinvm-guest#' && echo 'echo SHELL-$((6*7)); uname -r; nproc' >&3\n\
-         waitfor 'SHELL-42' && echo 'poweroff -f' >&3\n\
+         waitfor 'thinvm-guest#' && echo 'echo SHELL-$((6*7)); uname -r; nproc; echo END-$((50+50))' >&3\n\
+         waitfor 'END-100' && sleep 1 && echo 'poweroff -f' >&3\n\
          wait $pid\nrc=$?\nexec 3>&-\n\
          sed 's/^/OUT: /' $d/out\nsed 's/^/STDERR: /' $d/err\necho \"VMM-RC=$rc\"\nexit $rc\n",
         c.cpus, c.memory_mib
     )
 }
 
+/// Starts thinvmd in the outer machine, runs the case's guest under it, waits until the guest
+/// is ready, stops it with `thinvm vm stop` and prints the VM's record and console log.
+fn daemon_script(c: &Case) -> String {
+    format!(
+        "[ -x \"$THINVM\" ] || {{ echo 'no thinvm binary in the outer machine'; exit 127; }}\n\
+         d=/tmp/daemon.$$; mkdir -p $d/state\n\
+         \"$THINVM\" daemon --socket $d/d.sock --state-dir $d/state --allow-dir /guest \
+         --group root --stop-timeout 150 >$d/daemon.log 2>&1 &\n\
+         dpid=$!\nexport THINVM_SOCKET=$d/d.sock\n\
+         i=0; until [ -S $d/d.sock ]; do i=$((i+1)); [ $i -gt 150 ] && break; sleep 0.2; done\n\
+         \"$THINVM\" vm create pb --kernel \"$GUEST_BZIMAGE\" --initrd \"$GUEST_INITRD\" \
+         --cpus {} --memory {}M --cmdline 'console=ttyS0 reboot=k panic=-1 quiet thinvm.test={}' \
+         --start || {{ cat $d/daemon.log; exit 10; }}\n\
+         i=0; until \"$THINVM\" vm logs pb 2>/dev/null | grep -q POWER-BUTTON-READY; do \
+         i=$((i+1)); [ $i -gt 600 ] && {{ echo 'guest never ready'; break; }}; sleep 0.5; done\n\
+         \"$THINVM\" vm stop pb --timeout 150\nrc=$?\n\
+         \"$THINVM\" vm show pb --json | sed 's/^/SHOW: /'\n\
+         \"$THINVM\" vm logs pb | sed 's/^/GUEST: /'\n\
+         kill $dpid; wait $dpid 2>/dev/null\necho \"VMM-RC=$rc\"\nexit $rc\n",
+        c.cpus, c.memory_mib, c.test
+    )
+}
+
 fn script(c: &Case) -> String {
     if c.shell {
         return shell_script(c);
+    }
+    if c.daemon {
+        return daemon_script(c);
     }
     let kernel = match c.kernel {
         Kernel::BzImage => "$GUEST_BZIMAGE",
@@ -178,6 +213,19 @@ fn check(c: &Case, r: &ScenarioResult, release: &str) -> Vec<String> {
             }
         }
     }
+    if c.daemon {
+        if !r.log.contains("POWER-BUTTON-PRESSED") {
+            errors.push("the guest never saw the power button".into());
+        }
+        let show: String = r
+            .log
+            .lines()
+            .filter_map(|l| l.strip_prefix("SHOW: "))
+            .collect();
+        if !show.contains("guest powered off") {
+            errors.push(format!("the VM did not end by its own power-off: {show}"));
+        }
+    }
     if let Some(word) = c.stderr_has {
         let stderr: Vec<&str> = r
             .log
@@ -198,6 +246,13 @@ pub fn run(thinvm: Option<PathBuf>, only: Option<&str>, echo: bool) -> Result<bo
         outer: OuterSpec {
             thinvm: Some(thinvm),
             ..OuterSpec::default()
+        },
+        // pvpanic reports panics; button + evdev turn the ACPI power button into an input event.
+        guest: testbed::GuestSpec {
+            modules: ["pvpanic", "pvpanic_mmio", "button", "evdev"]
+                .map(String::from)
+                .into(),
+            ..testbed::GuestSpec::default()
         },
         ..TestbedConfig::default()
     };

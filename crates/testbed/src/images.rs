@@ -92,6 +92,10 @@ pub fn builtin_guest_tests() -> Vec<Script> {
             include_str!("../guest/tests/acpi-poweroff.sh"),
         ),
         Script::new("bench", include_str!("../guest/tests/bench.sh")),
+        Script::new(
+            "power-button",
+            include_str!("../guest/tests/power-button.sh"),
+        ),
     ]
 }
 
