@@ -2,21 +2,33 @@
 # Installs the Debian packages thinvm's setup, tests and benchmarks use (as root or with sudo),
 # with retries: package mirrors are sometimes slow to answer.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils cpio busybox-static lz4 kmod e2fsprogs iproute2)
+PKGS=(qemu-system-x86 qemu-utils cpio busybox-static lz4 kmod e2fsprogs iproute2 fio iperf3)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+missing_pkgs() {
+    missing=()
+    for p in "${PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+}
+# Two passes: installing one package can remove another (qemu-system-x86 from Debian 12 replaces
+# a backported qemu-utils), so what is missing is checked again after each install.
+for pass in 1 2; do
+    missing_pkgs
+    if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+    ok=0
+    for attempt in 1 2 3; do
+        if $SUDO apt-get update -qq && \
+           DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+            ok=1
+            break
+        fi
+        echo "deps: apt-get failed (attempt $attempt), retrying in 10 s" >&2
+        sleep 10
+    done
+    [ $ok = 1 ] || break
 done
+missing_pkgs
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-for attempt in 1 2 3; do
-    if $SUDO apt-get update -qq && \
-       DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
-        exit 0
-    fi
-    echo "deps: apt-get failed (attempt $attempt), retrying in 10 s" >&2
-    sleep 10
-done
 echo "deps: could not install: ${missing[*]}" >&2
 exit 1
