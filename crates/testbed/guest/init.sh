@@ -1,7 +1,9 @@
 #!/bin/sh
 # thinvm guest /init (busybox). The marker is the first thing it does: the boot benchmark
-# times it. Kernel cmdline `thinvm.test=NAME` runs /tests/NAME.sh and powers off; without it an
-# interactive shell runs on the console and the guest powers off when it exits.
+# times it. Kernel cmdline `thinvm.test=NAME` runs /tests/NAME.sh and powers off; `root=DEV`
+# (with `rw` or `ro`) mounts DEV once the modules are loaded and switches to its /sbin/init, as
+# a distribution's initramfs does; without either an interactive shell runs on the console and
+# the guest powers off when it exits.
 echo THINVM-GUEST-INIT
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -13,11 +15,28 @@ for m in $(cat /etc/thinvm-modules); do
     modprobe "$m" || echo "thinvm-init: modprobe $m failed"
 done
 test_name=
+root=
+root_mode=ro
 for word in $(cat /proc/cmdline); do
     case "$word" in
         thinvm.test=*) test_name="${word#thinvm.test=}" ;;
+        root=*) root="${word#root=}" ;;
+        rw) root_mode=rw ;;
+        ro) root_mode=ro ;;
     esac
 done
+if [ -n "$root" ]; then
+    i=0
+    while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    mkdir -p /newroot
+    if mount -o "$root_mode" "$root" /newroot && [ -x /newroot/sbin/init ]; then
+        umount /tmp
+        mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+        umount /sys /proc
+        exec switch_root /newroot /sbin/init
+    fi
+    echo "thinvm-init: cannot boot from root=$root ($root_mode); starting a shell"
+fi
 if [ -n "$test_name" ]; then
     if [ -f "/tests/$test_name.sh" ]; then
         sh "/tests/$test_name.sh"

@@ -2,7 +2,10 @@
 //! read-only disk and virtio-rng. The host makes the ext4 image (`mkfs.ext4 -d`), the guest
 //! mounts it, writes files, syncs and powers off; the host then runs `e2fsck -fn` and reads the
 //! guest's files with `debugfs`. Twice in one outer boot: on a raw image, and on a qcow2
-//! overlay whose raw base must stay untouched (`qemu-img check` on the overlay too).
+//! overlay whose raw base must stay untouched (`qemu-img check` on the overlay too). Then a
+//! guest boots its root file system from virtio-blk (`root=/dev/vda rw`): a busybox root in an
+//! ext4 image made with `mkfs.ext4 -d`, whose own /sbin/init writes files, syncs, remounts the
+//! root read-only and powers off; the host checks it with `e2fsck -fn` and `debugfs`.
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
@@ -58,7 +61,70 @@ const BASE_AT: u64 = 64;
 const OVERLAY_AT: u64 = 128;
 const OVERLAY_SLOT: u64 = 32;
 const SMP_AT: u64 = OVERLAY_AT + OVERLAY_SLOT;
-const SCRATCH_MIB: u64 = SMP_AT + 64;
+const ROOT_AT: u64 = SMP_AT + 64;
+const SCRATCH_MIB: u64 = ROOT_AT + 64;
+
+/// The root file system's /sbin/init: only on the disk, so its markers prove the guest ran
+/// from /dev/vda.
+const ROOT_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+echo ROOTFS-INIT
+echo "ROOT-MOUNT=$(awk '$2 == "/" { r = $1 " " $3 } END { print r }' /proc/mounts)"
+echo "ROOT-HELLO=$(cat /etc/hello)"
+echo "written by the root file system" > /from-rootfs
+dd if=/dev/urandom of=/blob bs=4096 count=256 2>/dev/null
+echo "ROOT-BLOB-MD5=$(md5sum /blob | cut -d' ' -f1)"
+sync
+mount -o remount,ro / && echo ROOT-REMOUNT-RO=ok
+poweroff -f
+"#;
+
+/// A busybox root file system image of 64 MiB with [`ROOT_INIT`] as /sbin/init.
+fn make_root_image(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let root = dir.join("rootfs");
+    for d in ["bin", "sbin", "etc", "dev", "proc", "sys", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let applets = [
+        "sh", "mount", "awk", "cat", "dd", "md5sum", "cut", "sync", "poweroff",
+    ];
+    for a in applets {
+        symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/hello"), "hello from the root image\n").unwrap();
+    let init = root.join("sbin/init");
+    std::fs::write(&init, ROOT_INIT).unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let img = dir.join("root.raw");
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&root)
+            .arg(&img)
+            .arg("64M"),
+    );
+    img
+}
+
+/// Boots the guest with its root file system on the raw disk at `ROOT_AT` MiB.
+fn root_script() -> String {
+    format!(
+        r#"dd if="$SCRATCH_DISK" of=/tmp/root.raw bs=1M skip={ROOT_AT} count=64 2>/dev/null || exit 90
+"$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
+    --memory 256M --disk path=/tmp/root.raw \
+    --cmdline 'console=ttyS0 reboot=k panic=-1 root=/dev/vda rw' </dev/null 2>/tmp/err
+rc=$?
+sed 's/^/STDERR: /' /tmp/err
+echo "VMM-RC=$rc"
+dd if=/tmp/root.raw of="$SCRATCH_DISK" bs=1M seek={ROOT_AT} conv=notrunc,fsync 2>/dev/null
+sync
+exit $rc
+"#
+    )
+}
 
 /// The thinvm command line inside the outer machine for a first disk `disk`.
 fn thinvm_cmd(disk: &str, cpus: u32) -> String {
@@ -170,6 +236,44 @@ fn check_guest_and_image(r: &testbed::ScenarioResult, img: &Path, dir: &Path) {
     );
 }
 
+/// The guest ran the disk's own /sbin/init from /dev/vda, and its writes are in the image.
+fn check_root(r: &testbed::ScenarioResult, scratch: &Path, dir: &Path) {
+    let log = &r.log;
+    let ctx = format!("{} (console {}):\n{log}", r.name, r.console_log.display());
+    assert_eq!(r.status, Status::Passed, "{ctx}");
+    assert_eq!(value(log, "VMM-RC"), Some("0"), "{ctx}");
+    assert!(log.contains("ROOTFS-INIT"), "{ctx}");
+    assert_eq!(value(log, "ROOT-MOUNT"), Some("/dev/vda ext4"), "{ctx}");
+    assert_eq!(
+        value(log, "ROOT-HELLO"),
+        Some("hello from the root image"),
+        "{ctx}"
+    );
+    assert_eq!(value(log, "ROOT-REMOUNT-RO"), Some("ok"), "{ctx}");
+    let img = dir.join("root-after.raw");
+    take(scratch, ROOT_AT, 64 << 20, &img);
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&img));
+    let got = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "cat /from-rootfs"])
+            .arg(&img),
+    );
+    assert_eq!(got, "written by the root file system\n", "{ctx}");
+    let blob = dir.join("root-blob");
+    run_ok(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /blob {}", blob.display()))
+            .arg(&img),
+    );
+    let md5 = run_ok(Command::new("md5sum").arg(&blob));
+    assert_eq!(
+        md5.split_whitespace().next(),
+        value(log, "ROOT-BLOB-MD5"),
+        "{ctx}"
+    );
+}
+
 fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
     log.lines()
         .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
@@ -204,6 +308,7 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
     put(&scratch, SMP_AT, &img);
     put(&scratch, BASE_AT, &base);
     put(&scratch, OVERLAY_AT, &overlay);
+    put(&scratch, ROOT_AT, &make_root_image(&dir));
     let mut tests = testbed::images::builtin_guest_tests();
     tests.push(Script::new(
         "virtio-blk",
@@ -247,6 +352,11 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
             script: raw_script(SMP_AT, 2),
             timeout: Duration::from_secs(400),
         },
+        Scenario {
+            name: "virtio-blk-root".into(),
+            script: root_script(),
+            timeout: Duration::from_secs(300),
+        },
     ];
     let results = tb.run(&opts, &scenarios).expect("outer run");
     // Raw: the guest's writes are in the image.
@@ -281,5 +391,6 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
     let smp_img = dir.join("smp-after.raw");
     take(&scratch, SMP_AT, 64 << 20, &smp_img);
     check_guest_and_image(smp, &smp_img, &dir);
+    check_root(&results[3], &scratch, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
