@@ -2,6 +2,7 @@
 //! benchmark.
 
 mod bench;
+mod bench_io;
 mod e2e;
 mod selftest;
 mod smoke;
@@ -73,6 +74,19 @@ enum BenchCmd {
         #[arg(long)]
         no_thinvm: bool,
     },
+    /// Disk (fio) and network (iperf3) throughput in the guest: thinvm vs QEMU with
+    /// virtio-blk-pci and virtio-net-pci, vhost-net off and on.
+    Io {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per fio job and per iperf3 direction.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+        /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
+        #[arg(long)]
+        thinvm: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -127,6 +141,14 @@ fn main() -> Result<()> {
                     no_thinvm,
                 },
         } => bench::boot(rounds, thinvm, no_thinvm, cli.echo)?,
+        Cmd::Bench {
+            what:
+                BenchCmd::Io {
+                    rounds,
+                    secs,
+                    thinvm,
+                },
+        } => bench_io::io(rounds, secs, thinvm, cli.echo)?,
     };
     if !ok {
         std::process::exit(1);
