@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::chain::{open_image, Format, OpenOptions};
 use crate::formats::qcow2::{create_file, CreateOptions};
 use crate::io::aligned::AlignedBuf;
+use crate::io::buf::IoBuf;
 use crate::io::disk::{AsyncDisk, DiskOp, DiskRequest};
 use crate::io::engine::best_engine;
 
@@ -122,12 +123,14 @@ fn thinvm_run(path: &Path, fmt: Format, w: Work, count: u64) -> Result<f64, Benc
     let disk = open_image(path, fmt, &opts).map_err(|e| image_err(path, e))?;
     let size = disk.size();
     let mut q = AsyncDisk::new(disk, best_engine(w.depth as u32));
-    let mut bufs: Vec<AlignedBuf> = (0..w.depth)
-        .map(|_| AlignedBuf::new(w.bs as usize).ok_or_else(|| image_err(path, "buffer allocation")))
+    let mut bufs: Vec<IoBuf> = (0..w.depth)
+        .map(|_| {
+            let mut b = AlignedBuf::new(w.bs as usize)
+                .ok_or_else(|| image_err(path, "buffer allocation"))?;
+            b.as_mut_slice().fill(0xa5);
+            Ok(IoBuf::Owned(b))
+        })
         .collect::<Result<_, _>>()?;
-    for b in &mut bufs {
-        b.as_mut_slice().fill(0xa5);
-    }
     let (mut sent, mut done, mut offset) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     while done < count {
@@ -160,7 +163,7 @@ fn thinvm_run(path: &Path, fmt: Format, w: Work, count: u64) -> Result<f64, Benc
             id: u64::MAX,
             op: DiskOp::Flush,
             offset: 0,
-            buf: AlignedBuf::new(0).expect("empty"),
+            buf: AlignedBuf::new(0).expect("empty").into(),
         })
         .map_err(|e| image_err(path, e))?;
         for c in q.poll(1).map_err(|e| image_err(path, e))? {

@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
+use std::collections::HashMap;
 use storage::formats::qcow2::{create_file, CreateOptions};
+
 use storage::io::aligned::AlignedBuf;
+use storage::io::buf::{ExternalIov, IoBuf};
 use storage::io::disk::{AsyncDisk, DiskOp, DiskRequest};
 use storage::io::engine::{best_engine, Engine, SyncEngine};
 use storage::{open_image, Format, OpenOptions};
@@ -18,8 +21,21 @@ fn buf_from(data: &[u8]) -> AlignedBuf {
     b
 }
 
-/// Random 4 KiB-aligned writes at queue depth 32 with flushes, then reads of everything.
-fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
+/// Memory outside the request, as a guest's buffers are: `len` bytes one byte into `backing`
+/// (so never aligned), in two parts of odd sizes.
+fn external(backing: &mut [u8], len: usize) -> IoBuf {
+    let base = backing[1..].as_mut_ptr();
+    let first = len.min(1000);
+    // SAFETY: the backing vector is kept (in `keep`) until the request's completion.
+    let parts = unsafe { [(base, first), (base.add(first), len - first)] };
+    // SAFETY: as above.
+    IoBuf::External(unsafe { ExternalIov::new(&parts) })
+}
+
+/// Random 4 KiB-aligned writes at queue depth 32 with flushes, then reads of everything;
+/// with `ext`, the data is in external memory (unaligned: bounced for O_DIRECT).
+fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64, ext: bool) {
+    let mut keep: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut rng = Rng(seed);
     let mut id = 0u64;
     for _round in 0..8 {
@@ -37,11 +53,20 @@ fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
             rng.fill(&mut data);
             mirror[off as usize..(off + len) as usize].copy_from_slice(&data);
             id += 1;
+            let buf = if ext {
+                let mut backing = vec![0u8; data.len() + 1];
+                backing[1..].copy_from_slice(&data);
+                let b = external(&mut backing, data.len());
+                keep.insert(id, backing);
+                b
+            } else {
+                buf_from(&data).into()
+            };
             q.submit(DiskRequest {
                 id,
                 op: DiskOp::Write,
                 offset: off,
-                buf: buf_from(&data),
+                buf,
             })
             .unwrap();
         }
@@ -49,6 +74,7 @@ fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
         while left > 0 {
             for c in q.poll(1).unwrap() {
                 c.result.unwrap();
+                keep.remove(&c.id);
                 left -= 1;
             }
         }
@@ -57,7 +83,7 @@ fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
             id,
             op: DiskOp::Flush,
             offset: 0,
-            buf: AlignedBuf::new(0).unwrap(),
+            buf: AlignedBuf::new(0).unwrap().into(),
         })
         .unwrap();
         for c in q.poll(1).unwrap() {
@@ -70,11 +96,19 @@ fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
     let mut outstanding = 0;
     while next < SIZE || outstanding > 0 {
         while next < SIZE && outstanding < 32 {
+            let buf = if ext {
+                let mut backing = vec![0x5au8; 65536 + 1];
+                let b = external(&mut backing, 65536);
+                keep.insert(next, backing);
+                b
+            } else {
+                AlignedBuf::new(65536).unwrap().into()
+            };
             q.submit(DiskRequest {
                 id: next,
                 op: DiskOp::Read,
                 offset: next,
-                buf: AlignedBuf::new(65536).unwrap(),
+                buf,
             })
             .unwrap();
             next += 65536;
@@ -82,7 +116,11 @@ fn exercise(mut q: AsyncDisk, mirror: &mut [u8], seed: u64) {
         }
         for c in q.poll(1).unwrap() {
             c.result.unwrap();
-            got[c.id as usize..c.id as usize + 65536].copy_from_slice(c.buf.as_slice());
+            let data = match keep.remove(&c.id) {
+                Some(backing) => backing[1..].to_vec(),
+                None => c.buf.owned().unwrap().to_vec(),
+            };
+            got[c.id as usize..c.id as usize + 65536].copy_from_slice(&data);
             outstanding -= 1;
         }
     }
@@ -128,13 +166,17 @@ fn raw_and_qcow2_through_both_engines() {
             let raw = s.path(&format!("r-{tag}.raw"));
             std::fs::copy(&base, &raw).unwrap();
             let mut mirror = original.clone();
-            exercise(
-                AsyncDisk::new(open_image(&raw, Format::Raw, &opts).unwrap(), engine()),
-                &mut mirror,
-                1,
-            );
+            for (seed, ext) in [(1, false), (2, true)] {
+                exercise(
+                    AsyncDisk::new(open_image(&raw, Format::Raw, &opts).unwrap(), engine()),
+                    &mut mirror,
+                    seed,
+                    ext,
+                );
+            }
             assert_same("raw file", &std::fs::read(&raw).unwrap(), &mirror);
-            // qcow2 overlay: first pass allocates (sync path), second overwrites in place (engine).
+            // qcow2 overlay: the first passes allocate (sync path), later ones overwrite in place
+            // (engine); every other pass with external memory.
             let ov = s.path(&format!("o-{tag}.qcow2"));
             let c = CreateOptions {
                 size: SIZE,
@@ -144,11 +186,12 @@ fn raw_and_qcow2_through_both_engines() {
             };
             create_file(&ov, &c).unwrap();
             let mut mirror = original.clone();
-            for pass in 0..2 {
+            for pass in 0..4 {
                 exercise(
                     AsyncDisk::new(open_image(&ov, Format::Qcow2, &opts).unwrap(), engine()),
                     &mut mirror,
                     10 + pass,
+                    pass % 2 == 1,
                 );
             }
             if have_qemu_img() {

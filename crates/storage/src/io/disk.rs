@@ -4,7 +4,10 @@
 
 use std::io;
 
+use std::collections::HashMap;
+
 use super::aligned::AlignedBuf;
+use super::buf::{ExternalIov, IoBuf};
 use super::engine::{Engine, IoCompletion, IoOp, IoRequest};
 use crate::backend::{BlockBackend, BlockError};
 
@@ -31,8 +34,10 @@ pub struct DiskRequest {
     pub op: DiskOp,
     /// Guest offset.
     pub offset: u64,
-    /// Data (empty for a flush).
-    pub buf: AlignedBuf,
+    /// Data (empty for a flush): an owned buffer, or memory the caller keeps mapped (guest
+    /// RAM), which the host file is read into or written from directly when the backend maps
+    /// the range to one stretch of a host file (and its alignment allows).
+    pub buf: IoBuf,
 }
 
 /// A finished guest request.
@@ -42,7 +47,7 @@ pub struct DiskCompletion {
     /// Outcome.
     pub result: Result<(), BlockError>,
     /// The request's buffer (read data for a read).
-    pub buf: AlignedBuf,
+    pub buf: IoBuf,
 }
 
 /// A disk with an I/O engine.
@@ -52,7 +57,31 @@ pub struct AsyncDisk {
     done: Vec<DiskCompletion>,
     raw: Vec<IoCompletion>,
     /// Offsets of the requests in the engine, by id (for error messages).
-    offsets: std::collections::HashMap<u64, u64>,
+    offsets: HashMap<u64, u64>,
+    /// External buffers whose request went to the engine through an aligned copy (O_DIRECT
+    /// with unaligned guest buffers), by id: a read's data is copied into them on completion.
+    bounced: HashMap<u64, ExternalIov>,
+}
+
+fn bounce_failed(len: usize) -> BlockError {
+    BlockError::Io {
+        path: std::path::PathBuf::from("<async disk>"),
+        offset: 0,
+        len: len as u64,
+        source: io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "cannot allocate a bounce buffer",
+        ),
+    }
+}
+
+/// An aligned copy of `ext` (its bytes for a write, zeroes for a read).
+fn bounce(ext: &ExternalIov, write: bool) -> Option<AlignedBuf> {
+    let mut b = AlignedBuf::new(ext.len())?;
+    if write {
+        ext.gather(b.as_mut_slice());
+    }
+    Some(b)
 }
 
 impl AsyncDisk {
@@ -63,7 +92,8 @@ impl AsyncDisk {
             engine,
             done: Vec::new(),
             raw: Vec::new(),
-            offsets: std::collections::HashMap::new(),
+            offsets: HashMap::new(),
+            bounced: HashMap::new(),
         }
     }
 
@@ -93,8 +123,8 @@ impl AsyncDisk {
 
     /// Starts a request; its completion comes from [`AsyncDisk::poll`]. Errors of the request
     /// itself arrive in the completion.
-    pub fn submit(&mut self, mut req: DiskRequest) -> io::Result<()> {
-        let len = req.buf.as_slice().len() as u64;
+    pub fn submit(&mut self, req: DiskRequest) -> io::Result<()> {
+        let len = req.buf.len() as u64;
         let align = self.disk.alignment();
         let aligned = req.offset.is_multiple_of(align) && len.is_multiple_of(align);
         let direct = match req.op {
@@ -112,28 +142,64 @@ impl AsyncDisk {
             },
             _ => None,
         };
-        if let Some(hr) = direct {
-            self.offsets.insert(req.id, req.offset);
-            let op = if req.op == DiskOp::Write {
-                IoOp::Write
-            } else {
-                IoOp::Read
-            };
-            return self.engine.submit(IoRequest {
-                op,
-                fd: hr.fd,
-                offset: hr.offset,
-                buf: req.buf,
-                user_data: req.id,
-            });
+        let Some(hr) = direct else {
+            self.run_sync(req);
+            return Ok(());
+        };
+        let write = req.op == DiskOp::Write;
+        let buf = match req.buf {
+            IoBuf::External(ext) if !ext.aligned(align) => {
+                let Some(b) = bounce(&ext, write) else {
+                    self.done.push(DiskCompletion {
+                        id: req.id,
+                        result: Err(bounce_failed(ext.len())),
+                        buf: IoBuf::External(ext),
+                    });
+                    return Ok(());
+                };
+                self.bounced.insert(req.id, ext);
+                IoBuf::Owned(b)
+            }
+            buf => buf,
+        };
+        self.offsets.insert(req.id, req.offset);
+        let op = if write { IoOp::Write } else { IoOp::Read };
+        let submitted = self.engine.submit(IoRequest {
+            op,
+            fd: hr.fd,
+            offset: hr.offset,
+            buf,
+            user_data: req.id,
+        });
+        if submitted.is_err() {
+            self.offsets.remove(&req.id);
+            self.bounced.remove(&req.id);
         }
-        let result = match req.op {
-            DiskOp::Read => self.disk.read_at(req.buf.as_mut_slice(), req.offset),
-            DiskOp::Write => self.disk.write_at(req.buf.as_slice(), req.offset),
-            DiskOp::Flush => self.drain().and_then(|()| self.disk.flush()),
+        submitted
+    }
+
+    /// Runs a request in the backend (allocation, copy-on-write, compressed or backing data,
+    /// flush, discard, write-zeroes), through an aligned copy for external memory.
+    fn run_sync(&mut self, mut req: DiskRequest) {
+        let result = match (req.op, &mut req.buf) {
+            (DiskOp::Read, IoBuf::Owned(b)) => self.disk.read_at(b.as_mut_slice(), req.offset),
+            (DiskOp::Write, IoBuf::Owned(b)) => self.disk.write_at(b.as_slice(), req.offset),
+            (op @ (DiskOp::Read | DiskOp::Write), IoBuf::External(ext)) => {
+                let write = op == DiskOp::Write;
+                match bounce(ext, write) {
+                    None => Err(bounce_failed(ext.len())),
+                    Some(mut b) if !write => {
+                        self.disk.read_at(b.as_mut_slice(), req.offset).map(|()| {
+                            ext.scatter(b.as_slice());
+                        })
+                    }
+                    Some(b) => self.disk.write_at(b.as_slice(), req.offset),
+                }
+            }
+            (DiskOp::Flush, _) => self.drain().and_then(|()| self.disk.flush()),
             // Drained first: clusters they free must not have engine writes in flight.
-            DiskOp::Discard(n) => self.drain().and_then(|()| self.disk.discard(req.offset, n)),
-            DiskOp::WriteZeroes(n) => self
+            (DiskOp::Discard(n), _) => self.drain().and_then(|()| self.disk.discard(req.offset, n)),
+            (DiskOp::WriteZeroes(n), _) => self
                 .drain()
                 .and_then(|()| self.disk.write_zeroes(req.offset, n)),
         };
@@ -142,7 +208,6 @@ impl AsyncDisk {
             result,
             buf: req.buf,
         });
-        Ok(())
     }
 
     /// Waits for everything in the engine (before a flush).
@@ -162,10 +227,19 @@ impl AsyncDisk {
                 .map(|_| ())
                 .map_err(|e| self.io_error(c.user_data, e));
             self.offsets.remove(&c.user_data);
+            let buf = match (self.bounced.remove(&c.user_data), c.buf) {
+                (Some(ext), IoBuf::Owned(b)) => {
+                    if result.is_ok() {
+                        ext.scatter(b.as_slice());
+                    }
+                    IoBuf::External(ext)
+                }
+                (_, buf) => buf,
+            };
             self.done.push(DiskCompletion {
                 id: c.user_data,
                 result,
-                buf: c.buf,
+                buf,
             });
         }
     }

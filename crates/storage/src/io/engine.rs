@@ -4,7 +4,7 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use super::aligned::AlignedBuf;
+use super::buf::{perform_iov, IoBuf};
 
 /// What a host request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub struct IoRequest {
     /// Offset in the host file.
     pub offset: u64,
     /// Data (its length is the request length).
-    pub buf: AlignedBuf,
+    pub buf: IoBuf,
     /// Caller's tag, returned in the completion.
     pub user_data: u64,
 }
@@ -38,7 +38,7 @@ pub struct IoCompletion {
     /// Bytes transferred (reads past the end of the file are zero-filled and counted).
     pub result: io::Result<usize>,
     /// The request's buffer, handed back.
-    pub buf: AlignedBuf,
+    pub buf: IoBuf,
 }
 
 /// An I/O engine.
@@ -99,12 +99,21 @@ pub fn perform(op: IoOp, fd: RawFd, offset: u64, buf: &mut [u8]) -> io::Result<u
     Ok(done)
 }
 
+/// Performs one request synchronously on either kind of buffer.
+pub fn perform_buf(op: IoOp, fd: RawFd, offset: u64, buf: &mut IoBuf) -> io::Result<usize> {
+    match (op, buf) {
+        (IoOp::Fsync, _) => perform(op, fd, offset, &mut []),
+        (_, IoBuf::Owned(b)) => perform(op, fd, offset, b.as_mut_slice()),
+        (_, IoBuf::External(e)) => perform_iov(op == IoOp::Write, fd, offset, e),
+    }
+}
+
 impl Engine for SyncEngine {
     fn name(&self) -> &'static str {
         "sync"
     }
     fn submit(&mut self, mut req: IoRequest) -> io::Result<()> {
-        let result = perform(req.op, req.fd, req.offset, req.buf.as_mut_slice());
+        let result = perform_buf(req.op, req.fd, req.offset, &mut req.buf);
         self.done.push(IoCompletion {
             user_data: req.user_data,
             result,

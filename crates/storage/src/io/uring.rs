@@ -4,12 +4,12 @@ use std::io;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::aligned::AlignedBuf;
+use super::buf::IoBuf;
 use super::engine::{Engine, IoCompletion, IoOp, IoRequest};
 
 struct Slot {
     user_data: u64,
-    buf: AlignedBuf,
+    buf: IoBuf,
     op: IoOp,
 }
 
@@ -28,7 +28,13 @@ impl UringEngine {
         let ring = IoUring::new(depth.clamp(1, 4096).next_power_of_two())?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        for op in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
+        for op in [
+            opcode::Read::CODE,
+            opcode::Write::CODE,
+            opcode::Readv::CODE,
+            opcode::Writev::CODE,
+            opcode::Fsync::CODE,
+        ] {
             if !probe.is_supported(op) {
                 return Err(io::Error::other(format!(
                     "io_uring opcode {op} unsupported"
@@ -46,16 +52,38 @@ impl UringEngine {
 
     fn entry(slot: usize, req: &mut IoRequest) -> io::Result<squeue::Entry> {
         let fd = types::Fd(req.fd);
-        let len = u32::try_from(req.buf.as_slice().len()).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "request larger than 4 GiB")
-        })?;
-        let ptr = req.buf.as_mut_slice().as_mut_ptr();
-        let e = match req.op {
-            IoOp::Read => opcode::Read::new(fd, ptr, len).offset(req.offset).build(),
-            IoOp::Write => opcode::Write::new(fd, ptr, len).offset(req.offset).build(),
-            IoOp::Fsync => opcode::Fsync::new(fd)
+        let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "request larger than 4 GiB");
+        let len = u32::try_from(req.buf.len()).map_err(|_| too_big())?;
+        let e = match (req.op, &mut req.buf) {
+            (IoOp::Fsync, _) => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            (op, IoBuf::Owned(b)) => {
+                let ptr = b.as_mut_slice().as_mut_ptr();
+                if op == IoOp::Write {
+                    opcode::Write::new(fd, ptr, len).offset(req.offset).build()
+                } else {
+                    opcode::Read::new(fd, ptr, len).offset(req.offset).build()
+                }
+            }
+            (op, IoBuf::External(x)) => {
+                let iov = x.iovecs();
+                let n = u32::try_from(iov.len())
+                    .ok()
+                    .filter(|&n| n <= libc::UIO_MAXIOV as u32)
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "too many iovecs")
+                    })?;
+                if op == IoOp::Write {
+                    opcode::Writev::new(fd, iov.as_ptr(), n)
+                        .offset(req.offset)
+                        .build()
+                } else {
+                    opcode::Readv::new(fd, iov.as_ptr(), n)
+                        .offset(req.offset)
+                        .build()
+                }
+            }
         };
         Ok(e.user_data(slot as u64))
     }
@@ -82,9 +110,10 @@ impl Engine for UringEngine {
             self.ring.submit()?;
             self.queued = 0;
         }
-        // SAFETY: the entry points into req.buf, whose heap allocation moves into
-        // self.slots and stays alive (unmoved on the heap) until its completion is reaped;
-        // the fd is kept open by the caller until then.
+        // SAFETY: the entry points into req.buf (an owned heap buffer, or a heap array of
+        // iovecs describing memory the caller keeps mapped), which moves into self.slots and
+        // stays alive (unmoved on the heap) until its completion is reaped; the fd is kept open
+        // by the caller until then.
         unsafe {
             if self.ring.submission().push(&entry).is_err() {
                 self.free.push(slot);
@@ -128,11 +157,14 @@ impl Engine for UringEngine {
                 Err(io::Error::from_raw_os_error(-res))
             } else {
                 let n = res as usize;
-                let len = buf.as_slice().len();
+                let len = buf.len();
                 match s.op {
                     IoOp::Read if n < len => {
                         // Past the end of the file: zeroes, as the synchronous path reads.
-                        buf.as_mut_slice()[n..].fill(0);
+                        match &mut buf {
+                            IoBuf::Owned(b) => b.as_mut_slice()[n..].fill(0),
+                            IoBuf::External(x) => x.zero_from(n),
+                        }
                         Ok(len)
                     }
                     IoOp::Write if n < len => {

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 
 use storage::io::aligned::AlignedBuf;
+use storage::io::buf::{ExternalIov, IoBuf};
 use storage::io::disk::{AsyncDisk, DiskOp, DiskRequest};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::request::{self, Completion, Request, RequestError, ID_BYTES};
 
@@ -104,12 +105,20 @@ impl Batch {
         if self.inflight_bytes + req.data_len > MAX_INFLIGHT_BYTES {
             self.finish(mem, disk, done);
         }
-        let len = usize::try_from(req.data_len)
-            .map_err(|_| RequestError::TooLong { len: req.data_len })?;
-        let mut buf = AlignedBuf::new(len).ok_or(RequestError::TooLong { len: req.data_len })?;
-        if write {
-            req.gather(mem, buf.as_mut_slice())?;
-        }
+        let buf = match guest_iov(mem, &req) {
+            Some(ext) => IoBuf::External(ext),
+            None => {
+                // A buffer that is not inside one memory region: through a copy.
+                let len = usize::try_from(req.data_len)
+                    .map_err(|_| RequestError::TooLong { len: req.data_len })?;
+                let mut buf =
+                    AlignedBuf::new(len).ok_or(RequestError::TooLong { len: req.data_len })?;
+                if write {
+                    req.gather(mem, buf.as_mut_slice())?;
+                }
+                IoBuf::Owned(buf)
+            }
+        };
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let op = if write { DiskOp::Write } else { DiskOp::Read };
@@ -162,7 +171,10 @@ impl Batch {
             let result = c.result.map_err(|e| RequestError::Backend(e.to_string()));
             let result = result.and_then(|()| {
                 if p.req.ty == VIRTIO_BLK_T_IN {
-                    p.req.scatter(mem, c.buf.as_slice())?;
+                    // External buffers were read into directly; an owned one is copied.
+                    if let Some(data) = c.buf.owned() {
+                        p.req.scatter(mem, data)?;
+                    }
                     Ok(p.req.data_len as u32)
                 } else {
                     Ok(0)
@@ -190,6 +202,23 @@ impl Batch {
             self.inflight_bytes = 0;
         }
     }
+}
+
+/// The request's data buffers as host memory, so the disk reads and writes guest memory
+/// directly; `None` if a buffer is not inside one region of guest memory.
+fn guest_iov(mem: &GuestMemoryMmap, req: &Request) -> Option<ExternalIov> {
+    let mut parts = Vec::with_capacity(req.data.len());
+    for &(addr, len) in &req.data {
+        let slice = mem.get_slice(addr, len as usize).ok()?;
+        parts.push((slice.ptr_guard_mut().as_ptr(), len as usize));
+    }
+    // SAFETY: every part lies inside a region of `mem`, whose mappings live as long as any
+    // clone of the GuestMemoryMmap (the worker holds one). No request outlives them: the
+    // worker completes the whole batch (`Batch::finish`, which waits for every pending
+    // request) before it returns from serving a notification, and `start` finishes what is
+    // in flight before anything else. The guest may change the bytes meanwhile, which only
+    // affects its own request's data.
+    Some(unsafe { ExternalIov::new(&parts) })
 }
 
 fn failed(head: u16, status_addr: Option<GuestAddress>, e: RequestError) -> Done {
