@@ -1,5 +1,6 @@
 //! The `thinvm` command.
 
+mod bench_api;
 mod bench_host;
 mod daemon_cmd;
 mod disk_arg;
@@ -60,6 +61,18 @@ enum Command {
     /// One start-up measurement (run by bench-host).
     #[command(hide = true)]
     BenchStartup,
+    /// API latency against a running daemon (run by `cargo xtask bench density`).
+    #[command(hide = true)]
+    BenchApi {
+        #[arg(
+            long,
+            env = "THINVM_SOCKET",
+            default_value = "/run/thinvm/thinvmd.sock"
+        )]
+        socket: std::path::PathBuf,
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+    },
 }
 
 fn main() {
@@ -83,6 +96,7 @@ fn main() {
         Command::Vm(args) => report(vm_cmd::run(args)),
         Command::BenchHost { rounds, exits } => report(bench_host::run(rounds, exits)),
         Command::BenchStartup => report(bench_host::startup_child()),
+        Command::BenchApi { socket, requests } => report(bench_api::run(&socket, requests)),
         Command::Prepare => report(nested::prepare()),
         Command::Image { cmd } => match image_cmd::run(cmd) {
             Ok(code) => code,
