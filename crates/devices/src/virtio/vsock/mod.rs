@@ -6,7 +6,7 @@
 //! ([`packet`]: chain, header, CIDs, length) and a bad one is dropped and counted; credit flow
 //! control is honoured both ways with bounded buffering ([`conn`]).
 
-mod conn;
+pub(crate) mod conn;
 mod muxer;
 pub mod packet;
 mod socket;
