@@ -59,6 +59,8 @@ pub struct Muxer {
     queued: Vec<bool>,
     resets: VecDeque<Header>,
     next_port: u32,
+    /// accept(2) failed for want of descriptors: the listener is not watched.
+    listener_paused: bool,
     /// Most connections at once ([`MAX_CONNS`]; tests lower it).
     pub max_conns: usize,
     stats: Arc<VsockStats>,
@@ -101,6 +103,7 @@ impl Muxer {
             queued: Vec::new(),
             resets: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
+            listener_paused: false,
             max_conns: MAX_CONNS,
             stats,
             log: GuestLog::default(),
@@ -110,6 +113,15 @@ impl Muxer {
     /// Connections and pending host sockets.
     pub fn live(&self) -> usize {
         self.slots.len() - self.free.len()
+    }
+
+    /// Watches the listener again after accept(2) ran out of descriptors (called when a
+    /// connection closes and on every queue notification, so a retry costs one accept).
+    pub fn resume_listener(&mut self) {
+        if std::mem::take(&mut self.listener_paused) {
+            let fd = self.listener.as_raw_fd();
+            let _ = self.poller.modify(fd, EventSet::IN, LISTENER);
+        }
     }
 
     /// Too many resets wait for the guest: stop reading the tx queue.
@@ -148,6 +160,7 @@ impl Muxer {
             return;
         };
         self.free.push(i);
+        self.resume_listener();
         if let Slot::Conn(c) = slot {
             self.keys.remove(&(c.local_port, c.peer_port));
             self.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -277,10 +290,15 @@ impl Muxer {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::warn!("virtio-vsock: accept failed: {e}");
-                    }
+                    // Out of descriptors (EMFILE): the level-triggered listener would wake
+                    // the worker again at once; stop watching it until a connection closes.
+                    tracing::warn!("virtio-vsock: accept failed: {e}; pausing the listener");
+                    self.listener_paused = true;
+                    let _ =
+                        self.poller
+                            .modify(self.listener.as_raw_fd(), EventSet::empty(), LISTENER);
                     return;
                 }
             };

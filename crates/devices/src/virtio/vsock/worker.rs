@@ -162,6 +162,7 @@ impl VsockWorker {
 
 impl QueueHandler for VsockWorker {
     fn handle_queue(&mut self, queue: usize) {
+        self.muxer.resume_listener();
         match queue {
             RX => self.process_rx(),
             TX => {
