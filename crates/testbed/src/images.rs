@@ -106,6 +106,9 @@ pub struct GuestSpec {
     pub modules: Vec<String>,
     /// Scripts for /tests.
     pub tests: Vec<Script>,
+    /// More host binaries (e.g. `/usr/bin/socat`), shipped at the same path with the libraries
+    /// `ldd` lists; their contents are part of the initramfs's cache key like every entry.
+    pub binaries: Vec<PathBuf>,
 }
 
 impl Default for GuestSpec {
@@ -113,6 +116,7 @@ impl Default for GuestSpec {
         Self {
             modules: Vec::new(),
             tests: builtin_guest_tests(),
+            binaries: Vec::new(),
         }
     }
 }
@@ -236,6 +240,9 @@ pub fn build_guest(assets: &Assets, spec: &GuestSpec) -> Result<PathBuf, ImageEr
     let mut a = Archive::new();
     add_busybox(&mut a, &assets.busybox)?;
     add_modules(&mut a, assets, &spec.modules)?;
+    for bin in &spec.binaries {
+        add_binary(&mut a, bin, &bin.to_string_lossy())?;
+    }
     a.file(
         "init",
         Source::Bytes(include_bytes!("../guest/init.sh").to_vec()),

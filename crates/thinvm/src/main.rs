@@ -13,6 +13,7 @@ mod vm_cmd;
 mod vmm_api;
 mod vmm_cmd;
 mod vmm_console;
+mod vsock_arg;
 
 use clap::{Parser, Subcommand};
 

@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Without mac=, a locally administered MAC derived from the TAP's name.
     #[arg(long = "net", value_name = "SPEC", value_parser = crate::net_arg::parse_net)]
     pub nets: Vec<vmm::NetConfig>,
+    /// A virtio-vsock device: `cid=N,socket=PATH`. The VMM listens on the Unix socket PATH: a
+    /// host process writes `CONNECT <port>\n` and reads `OK <host port>\n` to reach the guest's
+    /// port; a guest connection to port P reaches the Unix socket `PATH_P`.
+    #[arg(long, value_name = "SPEC", value_parser = crate::vsock_arg::parse_vsock)]
+    pub vsock: Option<vmm::VsockConfig>,
     /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
     #[arg(long, value_enum, default_value = "auto")]
     pub testbed: TestbedMode,
@@ -100,10 +105,11 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         }
         _ => false,
     };
-    if use_testbed && (!args.disks.is_empty() || args.rng || !args.nets.is_empty()) {
+    let devices = !args.disks.is_empty() || args.rng || !args.nets.is_empty();
+    if use_testbed && (devices || args.vsock.is_some()) {
         return Err(anyhow::anyhow!(
-            "--disk, --rng and --net are not passed into the nested testbed yet: run thinvm \
-             inside it"
+            "--disk, --rng, --net and --vsock are not passed into the nested testbed yet: run \
+             thinvm inside it"
         )
         .into());
     }
@@ -158,6 +164,10 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         code: if e.is_bad_input() { 2 } else { 5 },
         error: e.into(),
     })?;
+    crate::vsock_arg::attach(&mut vm, args.vsock.as_ref()).map_err(|e| Failure {
+        code: if e.is_bad_input() { 2 } else { 5 },
+        error: e.into(),
+    })?;
     if vmm::probe_host() == HostKvm::Pvm {
         return Err(anyhow::anyhow!(
             "this host's /dev/kvm is a PVM (kvm_pvm): it emulates guest kernel code and cannot \
@@ -180,7 +190,14 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         error: e.into(),
     })?;
     let reason = match &args.api_socket {
-        Some(socket) => crate::vmm_cmd::serve_running(&vm, api_config(&cfg), socket)?,
+        Some(socket) => {
+            let mut c = api_config(&cfg);
+            c.vsock = args.vsock.as_ref().map(|v| api::ch::VsockConfig {
+                cid: v.cid,
+                socket: v.socket.display().to_string(),
+            });
+            crate::vmm_cmd::serve_running(&vm, c, socket)?
+        }
         None => vm.wait(),
     };
     drop(input);

@@ -282,6 +282,12 @@ fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Resul
         .collect::<Result<Vec<_>, _>>()?;
     crate::disk_arg::attach(&mut vm, &disks, config.rng)
         .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks and rng: {e}")))?;
+    let vsock = config.vsock.as_ref().map(|v| vmm::VsockConfig {
+        cid: v.cid,
+        socket: v.socket.clone().into(),
+    });
+    crate::vsock_arg::attach(&mut vm, vsock.as_ref())
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding vsock: {e}")))?;
     vm.start()
         .map_err(|e| ApiError::internal(format!("vm.boot: starting the vCPUs: {e}")))?;
     Ok(vm)

@@ -116,6 +116,7 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
         guest: GuestSpec {
             modules: GUEST_MODULES.map(String::from).into(),
             tests,
+            ..GuestSpec::default()
         },
         outer: OuterSpec {
             modules: outer_modules,

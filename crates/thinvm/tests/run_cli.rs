@@ -132,3 +132,19 @@ fn dev_kvm_not_permitted() {
     assert!(err.contains("Permission denied"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn bad_vsock_specs_are_usage_errors() {
+    for (bad, needle) in [
+        ("cid=2,socket=/tmp/x", "reserved"),
+        ("socket=/tmp/x", "cid=N is missing"),
+        ("cid=3", "socket=PATH is missing"),
+        ("cid=three,socket=/tmp/x", "not a number"),
+        ("cid=3,socket=/tmp/x,mode=1", "unknown vsock option"),
+    ] {
+        let arg = format!("--vsock={bad}");
+        let o = run(&["--kernel", "/x", &arg]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
+    }
+}

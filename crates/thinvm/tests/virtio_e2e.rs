@@ -320,6 +320,7 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
         guest: GuestSpec {
             modules: GUEST_MODULES.map(String::from).into(),
             tests,
+            ..GuestSpec::default()
         },
         outer: OuterSpec {
             modules: outer_modules,

@@ -16,6 +16,7 @@ use devices::pci::{
 use devices::virtio::block::Block;
 use devices::virtio::net::{mac_from_seed, Net, Tap};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{
     msix_vectors, notify_address, VirtioDevice, VirtioPciDevice, VIRTIO_BAR_SIZE,
 };
@@ -48,6 +49,16 @@ pub struct NetConfig {
     pub fd: Option<std::os::fd::RawFd>,
     /// The guest's MAC; when `None`, a locally administered one derived from the TAP's name.
     pub mac: Option<[u8; 6]>,
+}
+
+/// A virtio-vsock device bridged to Unix sockets on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID: 3 to 4294967294 (0, 1, 2 and 4294967295 are reserved).
+    pub cid: u64,
+    /// The Unix socket the VMM listens on (host connections send `CONNECT <port>\n`); guest
+    /// connections to port P go to `PATH_P`.
+    pub socket: PathBuf,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +135,7 @@ pub struct PciBus {
     next_gsi: u32,
     next_bar: u64,
     devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    has_vsock: bool,
     io: Bus,
     mmio: Bus,
 }
@@ -156,6 +168,7 @@ impl PciBus {
             next_gsi: FIRST_MSI_GSI,
             next_bar: PCI_MMIO32_START,
             devices: Vec::new(),
+            has_vsock: false,
             io: io.clone(),
             mmio: mmio.clone(),
         })
@@ -199,6 +212,20 @@ impl PciBus {
             .mac
             .unwrap_or_else(|| mac_from_seed(tap.name().as_bytes()));
         self.add_virtio(Box::new(Net::new(Box::new(tap), mac)))
+    }
+
+    /// Adds a virtio-vsock device; its socket is listening when this returns.
+    pub fn add_vsock(&mut self, cfg: &VsockConfig) -> Result<(), Error> {
+        if self.has_vsock {
+            return Err(dev_err("virtio-vsock")(
+                "a VM has at most one vsock device".into(),
+            ));
+        }
+        let dev =
+            Vsock::new(cfg.cid, &cfg.socket).map_err(|e| dev_err("virtio-vsock")(e.to_string()))?;
+        self.add_virtio(Box::new(dev))?;
+        self.has_vsock = true;
+        Ok(())
     }
 
     /// Number of virtio devices added.

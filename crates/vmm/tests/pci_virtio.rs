@@ -358,3 +358,61 @@ fn guest_driver_with_a_hostile_chain() {
     drop(vm);
     std::fs::remove_file(disk).unwrap();
 }
+
+#[test]
+fn vsock_is_added_once_with_a_valid_cid_and_a_usable_socket() {
+    use vmm::VsockConfig;
+    let dir = std::env::temp_dir().join(format!("thinvm-pci-vsock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let socket = dir.join("v.sock");
+    let mut vm = build_vm();
+    for cid in [0, 1, 2, u64::from(u32::MAX), 1 << 40] {
+        let err = vm
+            .pci()
+            .add_vsock(&VsockConfig {
+                cid,
+                socket: socket.clone(),
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "cid {cid}: {err}");
+    }
+    let file = dir.join("file");
+    std::fs::write(&file, b"keep").unwrap();
+    let err = vm
+        .pci()
+        .add_vsock(&VsockConfig {
+            cid: 3,
+            socket: file.clone(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(vm.pci().device_count(), 0);
+    vm.pci()
+        .add_vsock(&VsockConfig {
+            cid: 3,
+            socket: socket.clone(),
+        })
+        .unwrap();
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "listening"
+    );
+    let second = dir.join("w.sock");
+    let err = vm
+        .pci()
+        .add_vsock(&VsockConfig {
+            cid: 4,
+            socket: second,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("at most one"), "{err}");
+    assert_eq!(
+        cfg_read32(&vm, 1, 0),
+        0x1053_1af4,
+        "virtio-vsock (0x1040 + 19)"
+    );
+    drop(vm);
+    assert!(!socket.exists(), "the socket goes with the VM");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::types::{
     ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
-    VmConfig,
+    VmConfig, VsockConfig,
 };
 
 /// Smallest guest memory accepted (the VMM's page tables and tables need some room).
@@ -67,7 +67,7 @@ const TOP: &[(&str, Rule)] = &[
     ("landlock_rules", Rule::Empty),
     ("rng", Rule::Parsed),
     ("balloon", Rule::Null),
-    ("vsock", Rule::Null),
+    ("vsock", Rule::Parsed),
     ("tpm", Rule::Null),
     ("rtc", Rule::Null),
     ("debug_console", Rule::Object(DEBUG_CONSOLE)),
@@ -141,6 +141,14 @@ const DISK: &[(&str, Rule)] = &[
     ("backing_files", Rule::Bool(false)),
     ("sparse", Rule::Bool(true)),
     ("lock_granularity", Rule::Str("ByteRange")),
+];
+
+const VSOCK: &[(&str, Rule)] = &[
+    ("cid", Rule::Parsed),
+    ("socket", Rule::Parsed),
+    ("iommu", Rule::Bool(false)),
+    ("id", Rule::Null),
+    ("pci_segment", Rule::Int(0)),
 ];
 
 const RNG: &[(&str, Rule)] = &[
@@ -406,6 +414,24 @@ fn parse_disks(v: Option<&Value>) -> Result<Vec<DiskConfig>, ConfigError> {
     Ok(out)
 }
 
+/// `vsock`: `{cid, socket}`; the CID is 3 to 4294967294 (0, 1, 2 and u32::MAX are reserved).
+fn parse_vsock(v: Option<&Value>) -> Result<Option<VsockConfig>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let obj = check(v, "vsock", VSOCK)?;
+    let cid =
+        int(obj, "vsock", "cid", 3, u64::from(u32::MAX) - 1)?.ok_or(ConfigError::Missing {
+            field: "vsock.cid".into(),
+        })?;
+    let socket = opt_string(obj, "vsock", "socket")?
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::Missing {
+            field: "vsock.socket".into(),
+        })?;
+    Ok(Some(VsockConfig { cid, socket }))
+}
+
 /// Reads a Cloud Hypervisor `VmConfig` JSON body into the part thinvm supports.
 pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
     let top = check(v, "", TOP)?;
@@ -448,6 +474,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
                 true
             }
         },
+        vsock: parse_vsock(top.get("vsock"))?,
     })
 }
 

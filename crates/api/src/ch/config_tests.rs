@@ -198,3 +198,35 @@ fn rng_is_read() {
     let v = json!({"payload": {"kernel": "/k"}, "rng": null});
     assert!(!parse_vm_config(&v).unwrap().rng);
 }
+
+#[test]
+fn vsock_is_read_and_checked() {
+    assert_eq!(parse_vm_config(&minimal()).unwrap().vsock, None);
+    let v = json!({"payload": {"kernel": "/k"}, "vsock": null});
+    assert_eq!(parse_vm_config(&v).unwrap().vsock, None);
+    let v = json!({"payload": {"kernel": "/k"},
+                   "vsock": {"cid": 3, "socket": "/run/v.sock", "iommu": false, "pci_segment": 0}});
+    let got = parse_vm_config(&v).unwrap().vsock.unwrap();
+    assert_eq!((got.cid, got.socket.as_str()), (3, "/run/v.sock"));
+    for (vsock, field) in [
+        (json!({"cid": 2, "socket": "/s"}), "vsock.cid"),
+        (json!({"cid": 4294967295u64, "socket": "/s"}), "vsock.cid"),
+        (json!({"cid": "3", "socket": "/s"}), "vsock.cid"),
+        (json!({"socket": "/s"}), "vsock.cid"),
+        (json!({"cid": 3}), "vsock.socket"),
+        (json!({"cid": 3, "socket": ""}), "vsock.socket"),
+        (
+            json!({"cid": 3, "socket": "/s", "iommu": true}),
+            "vsock.iommu",
+        ),
+        (json!({"cid": 3, "socket": "/s", "port": 1}), "vsock.port"),
+        (json!(3), "vsock"),
+    ] {
+        let v = json!({"payload": {"kernel": "/k"}, "vsock": vsock});
+        let e = error_for(v);
+        assert!(
+            e.to_string().contains(&format!("`{field}`")),
+            "{field}: {e}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ pub use config::{parse_vm_config, ConfigError};
 pub use router::{router, Controller, VmAction};
 pub use types::{
     ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
-    VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse,
+    VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse, VsockConfig,
 };
 
 /// The version of Cloud Hypervisor's OpenAPI document (`info.version`) this API follows.

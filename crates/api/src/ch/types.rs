@@ -107,6 +107,17 @@ pub struct VmConfig {
     /// A virtio-rng device (given as `rng: {"src": "/dev/urandom"}`; absent: none).
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device bridged to Unix sockets (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+}
+
+/// A virtio-vsock device: the guest's CID and the host's Unix socket (Firecracker's
+/// convention: `CONNECT <port>\n` on it reaches the guest; guest port P reaches `socket_P`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub socket: String,
 }
 
 impl VmConfig {
@@ -130,6 +141,7 @@ impl VmConfig {
             pvpanic: false,
             disks: Vec::new(),
             rng: false,
+            vsock: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! - [`WorkerThread`]: a named thread that waits on the queue eventfds (ioeventfds underneath,
 //!   so notifications never pass through a vCPU exit) and is stopped and joined on drop.
 //! - [`block`]: virtio-blk on the storage crate's backends; [`rng`]: virtio-rng from getrandom;
-//!   [`net`]: virtio-net on a TAP device.
+//!   [`net`]: virtio-net on a TAP device; [`vsock`]: virtio-vsock bridged to Unix sockets.
 
 pub mod block;
 mod common;
@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod net;
 mod pci;
 pub mod rng;
+pub mod vsock;
 mod worker;
 
 use std::io;
@@ -30,7 +31,7 @@ pub use pci::{
     msix_vectors, notify_address, TransportStats, VirtioPciDevice, VirtioPciError,
     NOTIFY_OFF_MULTIPLIER, VIRTIO_BAR, VIRTIO_BAR_SIZE,
 };
-pub use worker::{QueueHandler, WorkerThread};
+pub use worker::{Poller, QueueHandler, WorkerThread};
 
 /// Device status: the guest noticed the device.
 pub const STATUS_ACKNOWLEDGE: u8 = 1;
@@ -63,6 +64,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// Network card.
     pub const NET: u32 = 1;
+    /// Socket device (vsock).
+    pub const VSOCK: u32 = 19;
 }
 
 /// Which interrupt a device raises.

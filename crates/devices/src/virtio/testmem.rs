@@ -24,24 +24,41 @@ pub struct TestRing {
     pub mem: GuestMemoryMmap,
     pub size: u16,
     avail_idx: u16,
+    /// Descriptor table address; the avail ring is at +0x2000, the used ring at +0x3000.
+    base: u64,
 }
 
 impl TestRing {
     pub fn new(size: u16) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        Self::at(&mem, DESC, size)
+    }
+
+    /// A ring whose descriptor table is at `base` in `mem` (several rings share one memory;
+    /// each takes 0x4000 bytes).
+    pub fn at(mem: &GuestMemoryMmap, base: u64, size: u16) -> Self {
         TestRing {
-            mem,
+            mem: mem.clone(),
             size,
             avail_idx: 0,
+            base,
         }
+    }
+
+    fn avail(&self) -> u64 {
+        self.base + (AVAIL - DESC)
+    }
+
+    fn used_ring(&self) -> u64 {
+        self.base + (USED - DESC)
     }
 
     /// A ready queue pointing at this ring.
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_desc_table_address(Some(self.base as u32), Some(0));
+        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
+        q.set_used_ring_address(Some(self.used_ring() as u32), Some(0));
         q.set_ready(true);
         q
     }
@@ -52,7 +69,7 @@ impl TestRing {
     }
 
     pub fn desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc_at(DESC, idx, addr, len, flags, next);
+        self.desc_at(self.base, idx, addr, len, flags, next);
     }
 
     /// Writes a descriptor in a table at `table` (for indirect tables).
@@ -66,22 +83,24 @@ impl TestRing {
 
     /// Makes chain `head` available.
     pub fn push(&mut self, head: u16) {
-        let slot = AVAIL + 4 + u64::from(self.avail_idx % self.size) * 2;
+        let slot = self.avail() + 4 + u64::from(self.avail_idx % self.size) * 2;
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
             .unwrap();
     }
 
     /// The used ring's index.
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+        self.mem
+            .read_obj(GuestAddress(self.used_ring() + 2))
+            .unwrap()
     }
 
     /// Used element `i`: (descriptor id, length).
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let at = USED + 4 + u64::from(i % self.size) * 8;
+        let at = self.used_ring() + 4 + u64::from(i % self.size) * 8;
         let id = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id, len)
