@@ -168,6 +168,7 @@ pub fn io(rounds: u32, secs: u32, thinvm: Option<PathBuf>, echo: bool) -> Result
         guest: GuestSpec {
             modules: GUEST_MODULES.map(String::from).into(),
             tests,
+            ..GuestSpec::default()
         },
         outer: OuterSpec {
             modules: outer_modules,
