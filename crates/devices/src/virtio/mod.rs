@@ -8,8 +8,9 @@
 //! - [`WorkerThread`]: a named thread that waits on the queue eventfds (ioeventfds underneath,
 //!   so notifications never pass through a vCPU exit) and is stopped and joined on drop.
 //! - [`block`]: virtio-blk on the storage crate's backends; [`rng`]: virtio-rng from getrandom;
-//!   [`net`]: virtio-net on a TAP device.
+//!   [`net`]: virtio-net on a TAP device; [`balloon`]: virtio-balloon (memory back to the host).
 
+pub mod balloon;
 pub mod block;
 mod common;
 pub mod fuzz;
@@ -63,6 +64,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// Network card.
     pub const NET: u32 = 1;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
 }
 
 /// Which interrupt a device raises.
@@ -120,6 +123,12 @@ pub trait VirtioDevice: Send {
     }
     /// Reads the device configuration space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The transport's interrupt, given once when the device is wrapped, for devices whose
+    /// configuration changes on the VMM's initiative: raising [`InterruptKind::Config`] bumps
+    /// the configuration generation and interrupts the driver.
+    fn set_config_interrupt(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
+        let _ = interrupt;
+    }
     /// Writes the device configuration space (ignored by devices without writable fields).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let _ = (offset, data);
