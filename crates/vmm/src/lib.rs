@@ -14,8 +14,9 @@ pub mod signals;
 pub mod vcpu;
 mod vm;
 
+pub use ::devices::virtio::balloon::{BalloonCounters, BalloonHandle};
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal};
 pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};
-pub use pci::{DiskConfig, NetConfig, PciBus};
+pub use pci::{BalloonConfig, DiskConfig, NetConfig, PciBus};
 pub use vm::{Payload, Vm, VmConfig};
