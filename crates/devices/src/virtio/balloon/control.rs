@@ -188,6 +188,14 @@ impl BalloonCounters {
 #[derive(Clone)]
 pub struct BalloonHandle(pub(super) Arc<BalloonShared>);
 
+impl std::fmt::Debug for BalloonHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BalloonHandle")
+            .field(&self.counters())
+            .finish()
+    }
+}
+
 impl BalloonHandle {
     /// Asks the guest for a balloon of `bytes` (rounded down to 4 KiB pages); raises the
     /// configuration interrupt when the target changes.
