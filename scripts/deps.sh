@@ -2,7 +2,7 @@
 # Installs the Debian packages thinvm's setup, tests and benchmarks use (as root or with sudo),
 # with retries: package mirrors are sometimes slow to answer.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils cpio busybox-static lz4 kmod e2fsprogs iproute2)
+PKGS=(qemu-system-x86 qemu-utils cpio busybox-static lz4 kmod e2fsprogs iproute2 socat)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
