@@ -35,7 +35,11 @@ memtotal() { awk '/^MemTotal:/ { print $2 }' /proc/meminfo; }
 ls -d /sys/bus/virtio/drivers/virtio_balloon/virtio* >/dev/null 2>&1 && echo "GUEST-BALLOON=bound"
 mkdir -p /fill
 mount -t tmpfs -o size=240m tmpfs /fill
-dd if=/dev/zero of=/fill/blob bs=1M count=200 2>/dev/null
+# 200 MiB, or what the guest can hold with 16 MiB to spare (an OOM would panic the guest).
+avail=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+n=$((avail - 16)); [ $n -gt 200 ] && n=200
+echo "GUEST-AVAILABLE-MIB=$avail GUEST-FILL-MIB=$n"
+dd if=/dev/zero of=/fill/blob bs=1M count=$n 2>/dev/null
 echo "GUEST-FILLED-KIB=$(du -k /fill/blob | cut -f1)"
 rm -f /fill/blob
 before=$(memtotal)
@@ -63,11 +67,21 @@ sleep 40
 
 /// Shared shell functions of the outer scenarios.
 const OUTER_LIB: &str = r#"
-wait_for() { # marker, tenths of a second
+wait_for() { # marker, tenths of a second; fails at once when the VMM has ended
     i=0
     until grep -q "$1" /tmp/out; do
-        i=$((i + 1)); [ $i -ge "$2" ] && return 1; sleep 0.1
+        i=$((i + 1)); [ $i -ge "$2" ] && return 1
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
     done
+}
+finish() {
+    wait $pid
+    rc=$?
+    cat /tmp/out
+    sed 's/^/STDERR: /' /tmp/err
+    echo "VMM-RC=$rc"
+    exit $rc
 }
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status"; }
 api() { # method path body
@@ -83,7 +97,7 @@ const OUTER_INFLATE: &str = r#"
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=balloon-inflate' </dev/null >/tmp/out 2>/tmp/err &
 pid=$!
 echo "VMM-PID=$pid VMM-COMM=$(cat /proc/$pid/comm)"
-wait_for GUEST-FILLED 3000 || echo "NO-GUEST-FILLED"
+wait_for GUEST-FILLED 3000 || { echo "NO-GUEST-FILLED"; kill $pid; finish; }
 sleep 1
 filled=$(rss)
 echo "RSS-FILLED-KIB=$filled (pid $pid, $(cat /proc/$pid/comm))"
@@ -94,12 +108,7 @@ inflated=$(rss)
 echo "RSS-INFLATED-KIB=$inflated (pid $pid, $(cat /proc/$pid/comm))"
 api GET /api/v1/vm.counters '' | tail -1 | sed 's/^/COUNTERS: /'
 echo
-wait $pid
-rc=$?
-cat /tmp/out
-sed 's/^/STDERR: /' /tmp/err
-echo "VMM-RC=$rc"
-exit $rc
+finish
 "#;
 
 const OUTER_REPORT: &str = r#"
@@ -108,7 +117,7 @@ const OUTER_REPORT: &str = r#"
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=balloon-report' </dev/null >/tmp/out 2>/tmp/err &
 pid=$!
 echo "VMM-PID=$pid VMM-COMM=$(cat /proc/$pid/comm)"
-wait_for GUEST-FILLED 3000 || echo "NO-GUEST-FILLED"
+wait_for GUEST-FILLED 3000 || { echo "NO-GUEST-FILLED"; kill $pid; finish; }
 sleep 1
 filled=$(rss)
 echo "RSS-FILLED-KIB=$filled (pid $pid, $(cat /proc/$pid/comm))"
@@ -119,12 +128,7 @@ while [ $((filled - now)) -lt 102400 ] && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)
 echo "RSS-REPORTED-KIB=$now after ${i}s (pid $pid, $(cat /proc/$pid/comm))"
 api GET /api/v1/vm.counters '' | tail -1 | sed 's/^/COUNTERS: /'
 echo
-wait $pid
-rc=$?
-cat /tmp/out
-sed 's/^/STDERR: /' /tmp/err
-echo "VMM-RC=$rc"
-exit $rc
+finish
 "#;
 
 fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
