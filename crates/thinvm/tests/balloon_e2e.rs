@@ -2,7 +2,8 @@
 //! memory measured from the outer machine (VmRSS of the thinvm process, whose pid and command
 //! name are printed beside every reading).
 //!
-//! 1. Inflate: a 256 MiB guest touches 200 MiB (a tmpfs file, then deleted), the outer machine
+//! 1. Inflate: a 256 MiB guest touches up to 200 MiB (a tmpfs file, then deleted; in practice
+//!    about 180 MiB, what its MemAvailable allows with 16 MiB to spare), the outer machine
 //!    reads the VMM's RSS, asks for a 128 MiB balloon with a raw `PUT /api/v1/vm.resize` sent
 //!    by socat to `--api-socket`, and reads the RSS again once the guest saw its memory shrink:
 //!    it must have fallen by at least 100 MiB. Free page reporting is off in this phase, so only
