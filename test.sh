@@ -3,7 +3,7 @@
 #  1. unit and integration tests of every crate (cargo test), including the KVM tests with
 #     hand-made guest programs on this host's /dev/kvm and the storage tests against qemu-img;
 #  2. the end-to-end tests: Debian's unmodified kernel booted by thinvm inside the nested
-#     testbed (QEMU emulating an AMD-V machine with KVM inside), with virtio disks, rng, network and vsock;
+#     testbed (QEMU emulating an AMD-V machine with KVM inside), with virtio disks, rng, network, vsock and balloon;
 #  3. short fuzzing runs of every cargo-fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +18,8 @@ THINVM_E2E=1 cargo test --profile ci -p thinvm --test virtio_e2e
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test net_e2e
 # virtio-vsock: socat in guest and outer machine, 16 MiB each way through CONNECT and PATH_PORT (sha256).
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test vsock_e2e
+# virtio-balloon: a 128 MiB inflate through vm.resize and free page reporting lower the VMM's RSS.
+THINVM_E2E=1 cargo test --profile ci -p thinvm --test balloon_e2e
 echo "== 3/3 fuzzing (short runs)"
 scripts/fuzz.sh "${THINVM_FUZZ_SECONDS:-20}"
 echo "test.sh: all tests passed"

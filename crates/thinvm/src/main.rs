@@ -1,5 +1,6 @@
 //! The `thinvm` command.
 
+mod balloon_arg;
 mod bench_api;
 mod bench_host;
 mod daemon_cmd;

@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// port; a guest connection to port P reaches the Unix socket `PATH_P`.
     #[arg(long, value_name = "SPEC", value_parser = crate::vsock_arg::parse_vsock)]
     pub vsock: Option<vmm::VsockConfig>,
+    /// A virtio-balloon: `--balloon [size=SIZE][,deflate_on_oom=on|off][,free_page_reporting=on|off]`.
+    /// A bare `--balloon` is an empty balloon with free page reporting and deflate-on-OOM on;
+    /// its size changes at run time with `PUT /api/v1/vm.resize` (`--api-socket`).
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "",
+          value_parser = crate::balloon_arg::parse_balloon)]
+    pub balloon: Option<vmm::BalloonConfig>,
     /// Where to run: this host's KVM, or the nested testbed (auto picks the testbed on a PVM host).
     #[arg(long, value_enum, default_value = "auto")]
     pub testbed: TestbedMode,
@@ -90,6 +96,9 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
     if args.cpus == 0 {
         return Err(anyhow::anyhow!("--cpus must be at least 1").into());
     }
+    if let Some(b) = &args.balloon {
+        crate::balloon_arg::check(b, args.memory).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let host = vmm::probe_host();
     let use_testbed = match (args.testbed, host) {
         (TestbedMode::Always, _) => true,
@@ -106,10 +115,10 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         _ => false,
     };
     let devices = !args.disks.is_empty() || args.rng || !args.nets.is_empty();
-    if use_testbed && (devices || args.vsock.is_some()) {
+    if use_testbed && (devices || args.vsock.is_some() || args.balloon.is_some()) {
         return Err(anyhow::anyhow!(
-            "--disk, --rng, --net and --vsock are not passed into the nested testbed yet: run \
-             thinvm inside it"
+            "--disk, --rng, --net, --vsock and --balloon are not passed into the nested testbed \
+             yet: run thinvm inside it"
         )
         .into());
     }
@@ -168,6 +177,11 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
         code: if e.is_bad_input() { 2 } else { 5 },
         error: e.into(),
     })?;
+    let balloon =
+        crate::balloon_arg::attach(&mut vm, args.balloon.as_ref()).map_err(|e| Failure {
+            code: if e.is_bad_input() { 2 } else { 5 },
+            error: e.into(),
+        })?;
     if vmm::probe_host() == HostKvm::Pvm {
         return Err(anyhow::anyhow!(
             "this host's /dev/kvm is a PVM (kvm_pvm): it emulates guest kernel code and cannot \
@@ -191,12 +205,12 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
     })?;
     let reason = match &args.api_socket {
         Some(socket) => {
-            let mut c = api_config(&cfg);
-            c.vsock = args.vsock.as_ref().map(|v| api::ch::VsockConfig {
+            let mut config = api_config(&cfg, args.balloon.as_ref());
+            config.vsock = args.vsock.as_ref().map(|v| api::ch::VsockConfig {
                 cid: v.cid,
                 socket: v.socket.display().to_string(),
             });
-            crate::vmm_cmd::serve_running(&vm, c, socket)?
+            crate::vmm_cmd::serve_running(&vm, config, balloon, socket)?
         }
         None => vm.wait(),
     };
@@ -209,7 +223,7 @@ fn run_local(kernel: PathBuf, initrd: Option<PathBuf>, args: &RunArgs) -> Result
 }
 
 /// The per-VM API's view of a VM started from the command line.
-fn api_config(cfg: &VmConfig) -> api::ch::VmConfig {
+fn api_config(cfg: &VmConfig, balloon: Option<&vmm::BalloonConfig>) -> api::ch::VmConfig {
     let payload = match &cfg.payload {
         Payload::Linux {
             kernel,
@@ -230,5 +244,10 @@ fn api_config(cfg: &VmConfig) -> api::ch::VmConfig {
     };
     c.memory.size = cfg.memory;
     c.serial.mode = api::ch::ConsoleMode::Tty;
+    c.balloon = balloon.map(|b| api::ch::BalloonConfig {
+        size: b.size,
+        deflate_on_oom: b.deflate_on_oom,
+        free_page_reporting: b.free_page_reporting,
+    });
     c
 }

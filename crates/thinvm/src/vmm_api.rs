@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use api::ch::{self, Controller, VmAction, VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse};
+use api::ch::{
+    self, Controller, VmAction, VmConfig, VmCounters, VmInfo, VmResize, VmState, VmmPingResponse,
+};
 use api::ApiError;
 use vmm::vcpu::VcpuMetrics;
 
@@ -30,6 +32,8 @@ pub struct Status {
     pub config: Option<VmConfig>,
     pub state: VmState,
     pub metrics: Option<Arc<VcpuMetrics>>,
+    /// The running VM's balloon, if it has one.
+    pub balloon: Option<vmm::BalloonHandle>,
 }
 
 impl Shared {
@@ -41,6 +45,7 @@ impl Shared {
                 config,
                 state,
                 metrics: None,
+                balloon: None,
             }),
             tx: Mutex::new(tx),
         };
@@ -118,8 +123,10 @@ impl Controller for Shared {
             .config
             .clone()
             .ok_or_else(|| ApiError::not_found("vm.info: no VM is created"))?;
+        // What the guest has, the balloon's pages excluded (as Cloud Hypervisor reports it).
+        let ballooned = st.balloon.as_ref().map_or(0, |b| b.counters().actual_bytes);
         Ok(VmInfo {
-            memory_actual_size: config.memory.size,
+            memory_actual_size: config.memory.size.saturating_sub(ballooned),
             config,
             state: st.state,
         })
@@ -130,7 +137,38 @@ impl Controller for Shared {
         if st.config.is_none() {
             return Err(ApiError::not_found("vm.counters: no VM is created"));
         }
-        Ok(st.metrics.as_deref().map(counters_of).unwrap_or_default())
+        let mut c: VmCounters = st.metrics.as_deref().map(counters_of).unwrap_or_default();
+        if let Some(b) = &st.balloon {
+            // Ask for fresh guest statistics; they arrive for the next call.
+            b.request_stats();
+            c.insert("balloon".into(), b.counters().named().into_iter().collect());
+        }
+        Ok(c)
+    }
+
+    fn resize(&self, resize: VmResize) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        let state = st.state;
+        let config = st
+            .config
+            .as_mut()
+            .ok_or_else(|| ApiError::not_found("vm.resize: no VM is created"))?;
+        let Some(size) = resize.balloon_for(config)? else {
+            return Ok(());
+        };
+        if matches!(state, VmState::Running | VmState::Paused) {
+            let handle = st.balloon.as_ref().ok_or_else(|| {
+                ApiError::internal("vm.resize: the running VM has no balloon handle")
+            })?;
+            handle
+                .set_target(size)
+                .map_err(|e| ApiError::bad_request(format!("vm.resize: {e}")))?;
+        }
+        // Before boot (or after shutdown) the new size is what the next boot starts with.
+        if let Some(b) = st.config.as_mut().and_then(|c| c.balloon.as_mut()) {
+            b.size = size;
+        }
+        Ok(())
     }
 
     fn action(&self, action: VmAction) -> Result<(), ApiError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::ch::{ConsoleMode, VmAction, VmConfig, VmState};
 use api::ApiError;
-use vmm::{ExitReason, ExitSignal, Payload, Vm};
+use vmm::{BalloonHandle, ExitReason, ExitSignal, Payload, Vm};
 
 use crate::vmm_api::{ApiThread, CappedLog, Cmd, Shared};
 use crate::vmm_console::ConsoleHub;
@@ -69,14 +69,14 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
                         .send(Err(ApiError::not_found("vm.boot: no VM is created")));
                     continue;
                 };
-                let vm = match boot(&config, args.log_max, hub.as_ref()) {
-                    Ok(vm) => vm,
+                let (vm, balloon) = match boot(&config, args.log_max, hub.as_ref()) {
+                    Ok(booted) => booted,
                     Err(e) => {
                         let _ = cmd.reply.send(Err(e));
                         continue;
                     }
                 };
-                set_running(&shared, &vm);
+                set_running(&shared, &vm, balloon);
                 if let Some(h) = &hub {
                     h.attach(&vm);
                 }
@@ -111,20 +111,26 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
 }
 
 /// Serves the per-VM API for a VM that `thinvm run` already started, until it ends.
-pub fn serve_running(vm: &Vm, config: VmConfig, socket: &Path) -> anyhow::Result<ExitReason> {
+pub fn serve_running(
+    vm: &Vm,
+    config: VmConfig,
+    balloon: Option<BalloonHandle>,
+    socket: &Path,
+) -> anyhow::Result<ExitReason> {
     let (shared, rx) = Shared::new(Some(config), VmState::Running);
     let _api = ApiThread::start(socket, shared.clone())?;
-    set_running(&shared, vm);
+    set_running(&shared, vm, balloon);
     let never = ExitSignal::new().context("creating the stop signal")?;
     let end = drive(vm, &rx, &shared, &never);
     finish(&shared, &end, None);
     Ok(end.reason)
 }
 
-fn set_running(shared: &Shared, vm: &Vm) {
+fn set_running(shared: &Shared, vm: &Vm, balloon: Option<BalloonHandle>) {
     let mut st = shared.lock();
     st.state = VmState::Running;
     st.metrics = Some(vm.metrics().clone());
+    st.balloon = balloon;
 }
 
 /// How a booted VM ended.
@@ -205,6 +211,7 @@ fn finish(shared: &Shared, end: &End, exit_file: Option<&Path>) {
     {
         let mut st = shared.lock();
         st.state = VmState::Shutdown;
+        st.balloon = None;
         if end.delete {
             st.config = None;
         }
@@ -241,8 +248,12 @@ fn write_exit_file(path: &Path, reason: &ExitReason) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds and starts the VM of `config`.
-fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Result<Vm, ApiError> {
+/// Builds and starts the VM of `config`, with its balloon's handle.
+fn boot(
+    config: &VmConfig,
+    log_max: u64,
+    hub: Option<&Arc<ConsoleHub>>,
+) -> Result<(Vm, Option<BalloonHandle>), ApiError> {
     let console: Box<dyn Write + Send> =
         match config.serial.mode {
             ConsoleMode::Tty => Box::new(std::io::stdout()),
@@ -288,9 +299,16 @@ fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Resul
     });
     crate::vsock_arg::attach(&mut vm, vsock.as_ref())
         .map_err(|e| ApiError::bad_request(format!("vm.boot: adding vsock: {e}")))?;
+    let balloon = config.balloon.as_ref().map(|b| vmm::BalloonConfig {
+        size: b.size,
+        deflate_on_oom: b.deflate_on_oom,
+        free_page_reporting: b.free_page_reporting,
+    });
+    let balloon = crate::balloon_arg::attach(&mut vm, balloon.as_ref())
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the balloon: {e}")))?;
     vm.start()
         .map_err(|e| ApiError::internal(format!("vm.boot: starting the vCPUs: {e}")))?;
-    Ok(vm)
+    Ok((vm, balloon))
 }
 
 /// The VMM's disk from the API's, through `--disk`'s own parser (one place knows the options).

@@ -148,3 +148,21 @@ fn bad_vsock_specs_are_usage_errors() {
         assert!(stderr(&o).contains(needle), "{bad}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn bad_balloon_specs() {
+    let k = scratch("k5", b"x");
+    assert_refused(
+        &["--kernel", &k, "--memory", "64M", "--balloon", "size=128M"],
+        "larger than the guest's memory",
+    );
+    for (spec, needle) in [
+        ("size=1M,colour=red", "unknown balloon option `colour`"),
+        ("deflate_on_oom=maybe", "expected on or off"),
+    ] {
+        let arg = format!("--balloon={spec}");
+        let o = run(&["--kernel", &k, &arg]);
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{spec}: {}", stderr(&o));
+    }
+}

@@ -108,6 +108,7 @@ async fn per_vm_api_drives_a_vmm() {
         "console": {"mode": "Off"},
         "rng": {"src": "/dev/urandom"},
         "disks": [],
+        "balloon": {"size": 0, "free_page_reporting": true},
     });
     assert_eq!(
         call(&c, "PUT", "/api/v1/vm.create", Some(&cfg)).await.0,
@@ -121,6 +122,25 @@ async fn per_vm_api_drives_a_vmm() {
     assert_eq!(call(&c, "PUT", "/api/v1/vm.pause", None).await.0, 405);
     assert_eq!(call(&c, "PUT", "/api/v1/vm.boot", None).await.0, 204);
     assert_eq!(state(&c).await, "Running");
+    // The balloon's target through vm.resize (this guest has no driver: actual stays 0).
+    let resize = json!({"desired_balloon": 8 << 20, "desired_ram": 32 << 20});
+    assert_eq!(
+        call(&c, "PUT", "/api/v1/vm.resize", Some(&resize)).await.0,
+        204
+    );
+    let (_, counters) = call(&c, "GET", "/api/v1/vm.counters", None).await;
+    assert_eq!(counters["balloon"]["target_bytes"], 8 << 20, "{counters}");
+    assert_eq!(counters["balloon"]["actual_bytes"], 0, "{counters}");
+    let (_, info) = call(&c, "GET", "/api/v1/vm.info", None).await;
+    assert_eq!(info["config"]["balloon"]["size"], 8 << 20);
+    for (bad, field) in [
+        (json!({"desired_ram": 64 << 20}), "desired_ram"),
+        (json!({"desired_balloon": 64 << 20}), "desired_balloon"),
+    ] {
+        let (s, v) = call(&c, "PUT", "/api/v1/vm.resize", Some(&bad)).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{v}");
+    }
     assert_eq!(call(&c, "PUT", "/api/v1/vm.pause", None).await.0, 204);
     assert_eq!(state(&c).await, "Paused");
     let (_, counters) = call(&c, "GET", "/api/v1/vm.counters", None).await;

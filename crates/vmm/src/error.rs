@@ -30,6 +30,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error("cannot set up device {name}: {reason}")]
     Device { name: &'static str, reason: String },
+    #[error("virtio-balloon: {0}")]
+    BadBalloon(String),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] io::Error),
     #[error("cannot set up the console: {0}")]

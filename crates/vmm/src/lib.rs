@@ -14,9 +14,10 @@ pub mod signals;
 pub mod vcpu;
 mod vm;
 
+pub use ::devices::virtio::balloon::{BalloonCounters, BalloonHandle};
 pub use ::devices::virtio::vsock::valid_cid as valid_vsock_cid;
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal};
 pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};
-pub use pci::{DiskConfig, NetConfig, PciBus, VsockConfig};
+pub use pci::{BalloonConfig, DiskConfig, NetConfig, PciBus, VsockConfig};
 pub use vm::{Payload, Vm, VmConfig};

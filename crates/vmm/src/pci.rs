@@ -13,6 +13,7 @@ use boot::layout::{ECAM_SIZE, ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use devices::pci::{
     MsiMessage, MsiSink, PciConfigIo, PciConfigMmio, PciRoot, CONFIG_IO_BASE, CONFIG_IO_LEN,
 };
+use devices::virtio::balloon::{Balloon, BalloonHandle, BalloonOptions};
 use devices::virtio::block::Block;
 use devices::virtio::net::{mac_from_seed, Net, Tap};
 use devices::virtio::rng::Rng;
@@ -59,6 +60,18 @@ pub struct VsockConfig {
     /// The Unix socket the VMM listens on (host connections send `CONNECT <port>\n`); guest
     /// connections to port P go to `PATH_P`.
     pub socket: PathBuf,
+}
+
+/// A virtio-balloon device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalloonConfig {
+    /// Initial balloon size in bytes (at most the guest's memory).
+    pub size: u64,
+    /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest takes pages back when it runs short.
+    pub deflate_on_oom: bool,
+    /// Offer VIRTIO_BALLOON_F_FREE_PAGE_REPORTING: the guest reports its free memory, which is
+    /// given back to the host.
+    pub free_page_reporting: bool,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +239,21 @@ impl PciBus {
         self.add_virtio(Box::new(dev))?;
         self.has_vsock = true;
         Ok(())
+    }
+
+    /// Adds a virtio-balloon device; the handle sets its target at run time.
+    pub fn add_balloon(&mut self, cfg: &BalloonConfig) -> Result<BalloonHandle, Error> {
+        let opts = BalloonOptions {
+            size: cfg.size,
+            deflate_on_oom: cfg.deflate_on_oom,
+            free_page_reporting: cfg.free_page_reporting,
+            ..BalloonOptions::default()
+        };
+        let balloon = Balloon::new(&opts, crate::memory::total(&self.mem))
+            .map_err(|e| Error::BadBalloon(e.to_string()))?;
+        let handle = balloon.handle();
+        self.add_virtio(Box::new(balloon))?;
+        Ok(handle)
     }
 
     /// Number of virtio devices added.

@@ -29,7 +29,7 @@ pub enum ConfigError {
 
 /// What a known field may hold.
 #[derive(Clone, Copy)]
-enum Rule {
+pub(super) enum Rule {
     /// Supported: parsed afterwards.
     Parsed,
     /// Unsupported: only null.
@@ -66,7 +66,7 @@ const TOP: &[(&str, Rule)] = &[
     ("pci_segments", Rule::Empty),
     ("landlock_rules", Rule::Empty),
     ("rng", Rule::Parsed),
-    ("balloon", Rule::Null),
+    ("balloon", Rule::Parsed),
     ("vsock", Rule::Parsed),
     ("tpm", Rule::Null),
     ("rtc", Rule::Null),
@@ -186,7 +186,7 @@ const PLATFORM: &[(&str, Rule)] = &[
     ("vfio_p2p_dma", Rule::Bool(true)),
 ];
 
-fn join(path: &str, key: &str) -> String {
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -195,7 +195,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// Checks an object against a table: unknown keys and non-default unsupported values fail.
-fn check<'a>(
+pub(super) fn check<'a>(
     v: &'a Value,
     path: &str,
     table: &[(&str, Rule)],
@@ -240,7 +240,7 @@ fn check<'a>(
     Ok(obj)
 }
 
-fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+pub(super) fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
@@ -259,7 +259,7 @@ fn opt_string(
     }
 }
 
-fn int(
+pub(super) fn int(
     obj: &Map<String, Value>,
     path: &str,
     key: &str,
@@ -459,7 +459,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
             })
         }
     };
-    Ok(VmConfig {
+    let config = VmConfig {
         cpus: parse_cpus(top.get("cpus"))?,
         memory: parse_memory(top.get("memory"))?,
         payload,
@@ -467,6 +467,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         console: parse_console(top.get("console"), "console", ConsoleMode::Tty)?,
         pvpanic,
         disks: parse_disks(top.get("disks"))?,
+        balloon: super::resize::parse_balloon(present(top, "balloon"))?,
         rng: match present(top, "rng") {
             None => false,
             Some(r) => {
@@ -475,7 +476,9 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
             }
         },
         vsock: parse_vsock(top.get("vsock"))?,
-    })
+    };
+    super::resize::check_balloon_fits(&config)?;
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -2,14 +2,16 @@
 //! version and what each call does in thinvm).
 
 mod config;
+mod resize;
 mod router;
 mod types;
 
 pub use config::{parse_vm_config, ConfigError};
+pub use resize::{check_balloon_fits, parse_resize};
 pub use router::{router, Controller, VmAction};
 pub use types::{
-    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
-    VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse, VsockConfig,
+    BalloonConfig, ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig,
+    PayloadConfig, VmConfig, VmCounters, VmInfo, VmResize, VmState, VmmPingResponse, VsockConfig,
 };
 
 /// The version of Cloud Hypervisor's OpenAPI document (`info.version`) this API follows.

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 
-use super::types::{VmConfig, VmCounters, VmInfo, VmmPingResponse};
+use super::types::{VmConfig, VmCounters, VmInfo, VmResize, VmmPingResponse};
 use super::{parse_vm_config, PREFIX};
 use crate::ApiError;
 
@@ -44,6 +44,9 @@ pub trait Controller: Send + Sync + 'static {
     fn info(&self) -> Result<VmInfo, ApiError>;
     /// `vm.counters`.
     fn counters(&self) -> Result<VmCounters, ApiError>;
+    /// `vm.resize` with a parsed body (only the balloon can change; see
+    /// [`VmResize::balloon_for`]).
+    fn resize(&self, resize: VmResize) -> Result<(), ApiError>;
     /// Every body-less action.
     fn action(&self, action: VmAction) -> Result<(), ApiError>;
 }
@@ -81,6 +84,12 @@ async fn counters(State(ctl): State<Ctl>) -> Result<Json<VmCounters>, ApiError> 
     blocking(ctl, |c| c.counters()).await.map(Json)
 }
 
+async fn resize(State(ctl): State<Ctl>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let r = super::parse_resize(&body)?;
+    blocking(ctl, move |c| c.resize(r)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn action_route(action: VmAction) -> axum::routing::MethodRouter<Ctl> {
     put(move |State(ctl): State<Ctl>| async move {
         blocking(ctl, move |c| c.action(action)).await?;
@@ -98,6 +107,7 @@ pub fn router(ctl: Arc<dyn Controller>) -> Router {
         .route(&p("vm.boot"), action_route(VmAction::Boot))
         .route(&p("vm.info"), get(info))
         .route(&p("vm.counters"), get(counters))
+        .route(&p("vm.resize"), put(resize))
         .route(&p("vm.shutdown"), action_route(VmAction::Shutdown))
         .route(&p("vm.reboot"), action_route(VmAction::Reboot))
         .route(&p("vm.power-button"), action_route(VmAction::PowerButton))

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
-use crate::ch::VmState;
+use crate::ch::{VmResize, VmState};
 
 /// A controller with Cloud Hypervisor's state rules and no VM behind it.
 #[derive(Default)]
@@ -48,6 +48,18 @@ impl Controller for Fake {
             .or_default()
             .insert("io_out".into(), 3);
         Ok(c)
+    }
+    fn resize(&self, resize: VmResize) -> Result<(), ApiError> {
+        let mut vm = self.vm.lock().unwrap();
+        let (config, _) = vm.as_mut().ok_or_else(|| ApiError::not_found("no VM"))?;
+        if let Some(size) = resize.balloon_for(config)? {
+            config
+                .balloon
+                .as_mut()
+                .expect("checked by balloon_for")
+                .size = size;
+        }
+        Ok(())
     }
     fn action(&self, action: VmAction) -> Result<(), ApiError> {
         self.log.lock().unwrap().push(action);
@@ -134,4 +146,86 @@ async fn bad_requests_are_400_and_change_nothing() {
     let (s, _) = call(&app, Method::GET, "/api/v1/vm.boot", "").await;
     assert_eq!(s, 405);
     assert!(fake.log.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn balloon_in_create_and_resize() {
+    let app = router(Arc::new(Fake::default()));
+    let put = |path: &'static str, body: Value| {
+        let app = app.clone();
+        async move { call(&app, Method::PUT, path, &body.to_string()).await }
+    };
+    let mib = 1u64 << 20;
+    // Larger than memory, unknown balloon field, wrong type: refused, naming the field.
+    for (balloon, field) in [
+        (json!({"size": 64 * mib}), "balloon.size"),
+        (json!({"size": 0, "id": "b0"}), "balloon.id"),
+        (
+            json!({"size": 0, "deflate_on_oom": "yes"}),
+            "balloon.deflate_on_oom",
+        ),
+        (json!({"deflate_on_oom": true}), "balloon.size"),
+    ] {
+        let body =
+            json!({"payload": {"kernel": "/k"}, "memory": {"size": 32 * mib}, "balloon": balloon});
+        let (s, v) = put("/api/v1/vm.create", body).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(field),
+            "{field}: {v}"
+        );
+    }
+    // Resize of a VM without a balloon.
+    let body = json!({"payload": {"kernel": "/k"}, "memory": {"size": 32 * mib}});
+    assert_eq!(put("/api/v1/vm.create", body).await.0, 204);
+    let (s, v) = put("/api/v1/vm.resize", json!({"desired_balloon": mib})).await;
+    assert_eq!(s, 400);
+    assert!(v["message"].as_str().unwrap().contains("no balloon"), "{v}");
+    let fake = Arc::new(Fake::default());
+    let app = router(fake.clone());
+    let put = |path: &'static str, body: Value| {
+        let app = app.clone();
+        async move { call(&app, Method::PUT, path, &body.to_string()).await }
+    };
+    let body = json!({
+        "payload": {"kernel": "/k"}, "cpus": {"boot_vcpus": 2, "max_vcpus": 2},
+        "memory": {"size": 32 * mib},
+        "balloon": {"size": mib, "deflate_on_oom": true, "free_page_reporting": true}
+    });
+    assert_eq!(put("/api/v1/vm.create", body).await.0, 204);
+    let (_, v) = call(&app, Method::GET, "/api/v1/vm.info", "").await;
+    assert_eq!(v["config"]["balloon"]["size"], mib);
+    assert_eq!(v["config"]["balloon"]["free_page_reporting"], true);
+    // Unchanged vCPUs and RAM are accepted beside the balloon.
+    let ok = json!({"desired_balloon": 8 * mib, "desired_vcpus": 2, "desired_ram": 32 * mib});
+    assert_eq!(put("/api/v1/vm.resize", ok).await.0, 204);
+    let (_, v) = call(&app, Method::GET, "/api/v1/vm.info", "").await;
+    assert_eq!(v["config"]["balloon"]["size"], 8 * mib);
+    for (body, field) in [
+        (json!({"desired_vcpus": 4}), "desired_vcpus"),
+        (
+            json!({"desired_ram": 64 * mib, "desired_balloon": 0}),
+            "desired_ram",
+        ),
+        (json!({"desired_balloon": 33 * mib}), "desired_balloon"),
+        (json!({"desired_balloon": -1}), "desired_balloon"),
+        (json!({"desired_balloon": "1G"}), "desired_balloon"),
+        (json!({"desired_disks": 1}), "desired_disks"),
+        (json!([1]), "expected an object"),
+    ] {
+        let (s, v) = put("/api/v1/vm.resize", body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(field),
+            "{body}: {v}"
+        );
+    }
+    let (s, _) = call(&app, Method::PUT, "/api/v1/vm.resize", "{nope").await;
+    assert_eq!(s, 400);
+    let (_, v) = call(&app, Method::GET, "/api/v1/vm.info", "").await;
+    assert_eq!(
+        v["config"]["balloon"]["size"],
+        8 * mib,
+        "refused calls changed nothing"
+    );
 }

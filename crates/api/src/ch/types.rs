@@ -93,6 +93,28 @@ pub struct DiskConfig {
     pub image_type: ImageType,
 }
 
+/// A virtio-balloon device (`size` in bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonConfig {
+    pub size: u64,
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// `PUT /vm.resize`: only the balloon can change; the other fields must be absent or equal
+/// to the VM's current values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmResize {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_vcpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_ram: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_balloon: Option<u64>,
+}
+
 /// The supported part of Cloud Hypervisor's `VmConfig`, as [`super::parse_vm_config`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -107,6 +129,9 @@ pub struct VmConfig {
     /// A virtio-rng device (given as `rng: {"src": "/dev/urandom"}`; absent: none).
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-balloon device (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
     /// A virtio-vsock device bridged to Unix sockets (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
@@ -142,6 +167,7 @@ impl VmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            balloon: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! subset of the offered features that includes VERSION_1, DRIVER_OK only after FEATURES_OK.
 //! A refused write is counted and ignored.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -46,7 +46,7 @@ pub struct CommonConfig {
     vectors: u16,
     msix_config: Arc<AtomicU16>,
     queue_vectors: Arc<[AtomicU16]>,
-    config_generation: u8,
+    config_generation: Arc<AtomicU8>,
     stats: CommonStats,
 }
 
@@ -76,7 +76,7 @@ impl CommonConfig {
                 .iter()
                 .map(|_| AtomicU16::new(NO_VECTOR))
                 .collect(),
-            config_generation: 0,
+            config_generation: Arc::new(AtomicU8::new(0)),
             stats: CommonStats::default(),
         }
     }
@@ -111,15 +111,21 @@ impl CommonConfig {
         self.queue_vectors.clone()
     }
 
+    /// The configuration generation (shared with the interrupt path, which bumps it with every
+    /// configuration-change interrupt).
+    pub fn config_generation(&self) -> Arc<AtomicU8> {
+        self.config_generation.clone()
+    }
+
     /// The queues as the driver configured them.
     pub fn queues(&self) -> &[Queue] {
         &self.queues
     }
 
-    /// Marks the device as needing a reset.
+    /// Marks the device as needing a reset (the caller raises the configuration interrupt,
+    /// which bumps the generation).
     pub fn set_needs_reset(&mut self) {
         self.status |= STATUS_NEEDS_RESET;
-        self.config_generation = self.config_generation.wrapping_add(1);
     }
 
     /// Back to the power-on state (queues, features, vectors, status).
@@ -159,7 +165,7 @@ impl CommonConfig {
             (0x10, 2) => self.msix_config.load(Ordering::SeqCst).into(),
             (0x12, 2) => self.queues.len() as u64,
             (0x14, 1) => self.status.into(),
-            (0x15, 1) => self.config_generation.into(),
+            (0x15, 1) => self.config_generation.load(Ordering::SeqCst).into(),
             (0x16, 2) => self.queue_select.into(),
             (0x18, 2) => q.map_or(0, |q| q.size().into()),
             (0x1a, 2) => self

@@ -77,6 +77,21 @@ pub fn blk_queue(data: &[u8]) -> usize {
     )
 }
 
+/// virtio-balloon: serves every available chain in each role (inflate, deflate, stats, free
+/// page reporting; the first byte picks the order). Pages given up are released for real
+/// (`MADV_DONTNEED` on this anonymous memory). Returns the number of chains served.
+pub fn balloon_queue(data: &[u8]) -> usize {
+    use super::balloon::{serve_for_fuzz, Role};
+    let roles = [Role::Inflate, Role::Deflate, Role::Stats, Role::Reporting];
+    let first = usize::from(data.first().copied().unwrap_or(0) % 4);
+    let mut served = 0;
+    for i in 0..4 {
+        let role = roles[(first + i) % 4];
+        served += serve_for_fuzz(memory(data), queue(), role, Arc::new(NoInterrupt));
+    }
+    served
+}
+
 /// virtio-rng: serves every available request. Returns the number of requests returned.
 pub fn rng_queue(data: &[u8]) -> usize {
     let mem = memory(data);

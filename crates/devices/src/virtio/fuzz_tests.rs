@@ -150,3 +150,38 @@ fn vsock_mutations_never_panic() {
         assert!(vsock_queue(&d) <= usize::from(QUEUE));
     }
 }
+
+/// Memory with an inflate-style chain of page numbers and a chain of two free ranges.
+fn balloon_seed() -> Vec<u8> {
+    let mut m = vec![0u8; 0x8000];
+    for (i, pfn) in [0x10u32, 0x11, 0x13, 0x3ff, 0xffff_ffff].iter().enumerate() {
+        put(&mut m, 0x1000 + i * 4, &pfn.to_le_bytes());
+    }
+    put(&mut m, 0x1100, &4u16.to_le_bytes());
+    put(&mut m, 0x1102, &4096u64.to_le_bytes());
+    desc(&mut m, 0, 0x1000, 20, 0, 0);
+    desc(&mut m, 1, 0x20000, 0x8000, 3, 2);
+    desc(&mut m, 2, 0x3_f000, 0x2000, 2, 0);
+    desc(&mut m, 3, 0x1100, 10, 0, 0);
+    put(&mut m, AVAIL as usize + 2, &3u16.to_le_bytes());
+    put(&mut m, AVAIL as usize + 4, &0u16.to_le_bytes());
+    put(&mut m, AVAIL as usize + 6, &1u16.to_le_bytes());
+    put(&mut m, AVAIL as usize + 8, &3u16.to_le_bytes());
+    m
+}
+
+#[test]
+fn balloon_seed_is_served_in_every_role() {
+    assert_eq!(balloon_queue(&balloon_seed()), 12);
+    assert_eq!(balloon_queue(&[]), 0);
+}
+
+#[test]
+fn balloon_mutations_never_panic() {
+    let seed = balloon_seed();
+    let mut rng = Rng(0x0062_616c_6c6f_6f6e);
+    for _ in 0..2000 {
+        let d = mutate(&seed, &mut rng);
+        assert!(balloon_queue(&d) <= 4 * usize::from(QUEUE));
+    }
+}

@@ -8,8 +8,10 @@
 //! - [`WorkerThread`]: a named thread that waits on the queue eventfds (ioeventfds underneath,
 //!   so notifications never pass through a vCPU exit) and is stopped and joined on drop.
 //! - [`block`]: virtio-blk on the storage crate's backends; [`rng`]: virtio-rng from getrandom;
-//!   [`net`]: virtio-net on a TAP device; [`vsock`]: virtio-vsock bridged to Unix sockets.
+//!   [`net`]: virtio-net on a TAP device; [`vsock`]: virtio-vsock bridged to Unix sockets;
+//!   [`balloon`]: virtio-balloon (memory back to the host).
 
+pub mod balloon;
 pub mod block;
 mod common;
 pub mod fuzz;
@@ -66,6 +68,8 @@ pub mod device_type {
     pub const NET: u32 = 1;
     /// Socket device (vsock).
     pub const VSOCK: u32 = 19;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
 }
 
 /// Which interrupt a device raises.
@@ -123,6 +127,12 @@ pub trait VirtioDevice: Send {
     }
     /// Reads the device configuration space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The transport's interrupt, given once when the device is wrapped, for devices whose
+    /// configuration changes on the VMM's initiative: raising [`InterruptKind::Config`] bumps
+    /// the configuration generation and interrupts the driver.
+    fn set_config_interrupt(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
+        let _ = interrupt;
+    }
     /// Writes the device configuration space (ignored by devices without writable fields).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let _ = (offset, data);

@@ -84,12 +84,18 @@ struct TransportInterrupt {
     msix_config: Arc<AtomicU16>,
     queue_vectors: Arc<[AtomicU16]>,
     isr: Arc<AtomicU8>,
+    config_generation: Arc<AtomicU8>,
 }
 
 impl VirtioInterrupt for TransportInterrupt {
     fn trigger(&self, kind: InterruptKind) -> std::io::Result<()> {
         let (vector, isr_bit) = match kind {
-            InterruptKind::Config => (self.msix_config.load(Ordering::SeqCst), 2),
+            InterruptKind::Config => {
+                // A configuration change: the driver re-reads fields that span several
+                // accesses until the generation stays the same.
+                self.config_generation.fetch_add(1, Ordering::SeqCst);
+                (self.msix_config.load(Ordering::SeqCst), 2)
+            }
             InterruptKind::Queue(q) => {
                 let v = self.queue_vectors.get(usize::from(q));
                 (v.map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst)), 1)
@@ -162,7 +168,7 @@ impl VirtioPciDevice {
                 source,
             })?;
         let common = CommonConfig::new(device.queue_max_sizes(), device.features(), vectors);
-        Ok(VirtioPciDevice {
+        let mut dev = VirtioPciDevice {
             config,
             common,
             device,
@@ -174,7 +180,12 @@ impl VirtioPciDevice {
             activated: false,
             stats: TransportStats::default(),
             log: GuestLog::default(),
-        })
+        };
+        // The interrupt's parts live as long as the transport (reset only stores into them),
+        // so a device may raise configuration changes at any time, even before activation.
+        let irq: Arc<dyn VirtioInterrupt> = dev.interrupt();
+        dev.device.set_config_interrupt(irq);
+        Ok(dev)
     }
 
     /// The queue eventfds, in queue order (the VMM registers them as ioeventfds).
@@ -203,6 +214,7 @@ impl VirtioPciDevice {
             msix_config: self.common.msix_config(),
             queue_vectors: self.common.queue_vectors(),
             isr: self.isr.clone(),
+            config_generation: self.common.config_generation(),
         })
     }
 

@@ -8,6 +8,10 @@ use crate::virtio::{
     block::Block, F_VERSION_1, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
 };
+use crate::virtio::{InterruptKind, VirtioDevice, VirtioInterrupt};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Default)]
 struct Recorder {
@@ -243,4 +247,82 @@ fn hostile_bar_accesses_do_not_panic() {
     assert_eq!(d.r(0x18, 2), 0);
     d.w(0x18, 16, 2);
     assert_eq!(d.r(0x12, 2), 1);
+}
+
+/// A device that keeps the transport's interrupt to announce configuration changes.
+struct ConfigDev(Arc<Mutex<Option<Arc<dyn VirtioInterrupt>>>>);
+
+impl VirtioDevice for ConfigDev {
+    fn device_type(&self) -> u32 {
+        99
+    }
+    fn name(&self) -> &'static str {
+        "config-dev"
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[8]
+    }
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+    fn set_config_interrupt(&mut self, interrupt: Arc<dyn VirtioInterrupt>) {
+        *self.0.lock().unwrap() = Some(interrupt);
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(
+        &mut self,
+        _mem: GuestMemoryMmap,
+        _interrupt: Arc<dyn VirtioInterrupt>,
+        _queues: Vec<Queue>,
+        _events: Vec<EventFd>,
+    ) -> Result<(), crate::virtio::ActivateError> {
+        Ok(())
+    }
+    fn reset(&mut self) {}
+}
+
+#[test]
+fn config_changes_bump_the_generation_and_raise_the_config_vector() {
+    let ring = TestRing::new(8);
+    let msi = Arc::new(Recorder::default());
+    let slot = Arc::new(Mutex::new(None));
+    let dev = Box::new(ConfigDev(slot.clone()));
+    let mut dev = VirtioPciDevice::new(dev, ring.mem.clone(), msi.clone(), BAR).unwrap();
+    let irq = slot
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the transport gave its interrupt");
+    let read = |d: &mut VirtioPciDevice, off: u64, len: usize| {
+        let mut b = [0u8; 8];
+        d.read_bar(0, off, &mut b[..len]);
+        u64::from_le_bytes(b)
+    };
+    assert_eq!(read(&mut dev, 0x15, 1), 0);
+    // Before the driver set up MSI-X: the generation and the ISR still change.
+    irq.trigger(InterruptKind::Config).unwrap();
+    assert_eq!(read(&mut dev, 0x15, 1), 1);
+    assert_eq!(
+        read(&mut dev, 0x1000, 1),
+        2,
+        "ISR config bit, cleared by the read"
+    );
+    assert!(msi.fired.lock().unwrap().is_empty());
+    // With MSI-X on and the config vector set to 1, the vector fires.
+    let cap = dev.config().find_capabilities(0x11)[0];
+    dev.write_config(cap + 2, &0x8000u16.to_le_bytes());
+    dev.write_bar(0, 0x4010, &0xfee0_0000u32.to_le_bytes());
+    dev.write_bar(0, 0x4018, &0x32u32.to_le_bytes());
+    dev.write_bar(0, 0x401c, &0u32.to_le_bytes());
+    dev.write_bar(0, 0x10, &1u16.to_le_bytes());
+    irq.trigger(InterruptKind::Config).unwrap();
+    irq.trigger(InterruptKind::Queue(0)).unwrap();
+    assert_eq!(
+        read(&mut dev, 0x15, 1),
+        2,
+        "queue interrupts leave it alone"
+    );
+    assert_eq!(*msi.fired.lock().unwrap(), vec![1]);
 }

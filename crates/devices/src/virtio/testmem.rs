@@ -3,9 +3,23 @@
 
 use std::sync::{Arc, Mutex};
 
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::MetadataExt;
 use storage::{BlockBackend, BlockError};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+fn memfd() -> File {
+    // SAFETY: a NUL-terminated name and plain flags.
+    let fd = unsafe { libc::memfd_create(c"thinvm-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    unsafe { File::from_raw_fd(fd) }
+}
 
 /// Guest memory size of the tests.
 pub const MEM_SIZE: u64 = 0x40_0000;
@@ -51,6 +65,34 @@ impl TestRing {
 
     fn used_ring(&self) -> u64 {
         self.base + (USED - DESC)
+    }
+
+    /// A ring in guest memory backed by a memfd, mapped shared as thinvm's guest RAM is, in
+    /// two adjacent regions of [`MEM_SIZE`] / 2 (so ranges can straddle regions).
+    pub fn new_memfd(size: u16) -> Self {
+        let file = memfd();
+        file.set_len(MEM_SIZE).unwrap();
+        let half = MEM_SIZE / 2;
+        let ranges = (0..2u64)
+            .map(|i| {
+                let fo = FileOffset::new(file.try_clone().unwrap(), i * half);
+                (GuestAddress(i * half), half as usize, Some(fo))
+            })
+            .collect::<Vec<_>>();
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges).unwrap();
+        TestRing {
+            mem,
+            size,
+            avail_idx: 0,
+            base: DESC,
+        }
+    }
+
+    /// 512-byte blocks the memfd behind guest memory has allocated (`st_blocks`).
+    pub fn allocated_blocks(&self) -> u64 {
+        let region = self.mem.iter().next().unwrap();
+        let file = region.file_offset().expect("memfd-backed memory").file();
+        file.metadata().unwrap().blocks()
     }
 
     /// A ready queue pointing at this ring.
