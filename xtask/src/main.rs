@@ -2,6 +2,7 @@
 //! benchmark.
 
 mod bench;
+mod bench_density;
 mod bench_io;
 mod e2e;
 mod selftest;
@@ -87,6 +88,16 @@ enum BenchCmd {
         #[arg(long)]
         thinvm: Option<PathBuf>,
     },
+    /// Many VMs: start rate and API latency through thinvmd, memory per idle VM for thinvm,
+    /// thinvm with free page reporting and QEMU.
+    Density {
+        /// VMs of each kind.
+        #[arg(long, default_value_t = 10)]
+        vms: u32,
+        /// The thinvm binary (default: build it with `cargo build --profile ci -p thinvm`).
+        #[arg(long)]
+        thinvm: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -149,6 +160,9 @@ fn main() -> Result<()> {
                     thinvm,
                 },
         } => bench_io::io(rounds, secs, thinvm, cli.echo)?,
+        Cmd::Bench {
+            what: BenchCmd::Density { vms, thinvm },
+        } => bench_density::density(vms, thinvm, cli.echo)?,
     };
     if !ok {
         std::process::exit(1);
