@@ -202,13 +202,16 @@ struct BlockWorker {
 
 impl BlockWorker {
     /// Serves until the ring is empty with notifications re-enabled (with EVENT_IDX that
-    /// publishes avail_event, without it clears NO_NOTIFY), so no notification is lost.
-    fn serve(&mut self) -> bool {
-        let mut used = false;
+    /// publishes avail_event, without it clears NO_NOTIFY), so no notification is lost. Each
+    /// completed batch is signalled before the next one starts, so the guest can queue more
+    /// while the device works.
+    fn serve(&mut self) {
         loop {
             let _ = self.queue.disable_notification(&self.mem);
             let progress = self.serve_available();
-            used |= progress;
+            if progress {
+                self.notify_guest();
+            }
             match self.queue.enable_notification(&self.mem) {
                 // More became available meanwhile. Without progress the avail index is bogus
                 // (pop refused it): stop rather than spin; the next notification retries.
@@ -232,7 +235,17 @@ impl BlockWorker {
                 }
             }
         }
-        used
+    }
+
+    /// Interrupts the guest for the used buffers, unless it asked not to be (EVENT_IDX).
+    fn notify_guest(&mut self) {
+        if matches!(self.queue.needs_notification(&self.mem), Ok(false)) {
+            return;
+        }
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(0)) {
+            self.log
+                .warn(format_args!("virtio-blk: interrupt failed: {e}"));
+        }
     }
 
     /// Starts every available request, then completes the batch.
@@ -291,18 +304,7 @@ impl BlockWorker {
 
 impl QueueHandler for BlockWorker {
     fn handle_queue(&mut self, _queue: usize) {
-        if !self.serve() {
-            return;
-        }
-        match self.queue.needs_notification(&self.mem) {
-            Ok(false) => {}
-            _ => {
-                if let Err(e) = self.interrupt.trigger(InterruptKind::Queue(0)) {
-                    self.log
-                        .warn(format_args!("virtio-blk: interrupt failed: {e}"));
-                }
-            }
-        }
+        self.serve();
     }
 }
 
