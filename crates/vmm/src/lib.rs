@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod console;
+mod counters;
 mod devices;
 mod error;
 pub mod exit;
@@ -14,6 +15,7 @@ pub mod signals;
 pub mod vcpu;
 mod vm;
 
+pub use counters::{CounterGroup, DeviceCounters};
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal};
 pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};
