@@ -30,6 +30,8 @@ pub struct Status {
     pub config: Option<VmConfig>,
     pub state: VmState,
     pub metrics: Option<Arc<VcpuMetrics>>,
+    /// The disks' and network cards' counters of the running VM.
+    pub devices: Option<vmm::DeviceCounters>,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
                 config,
                 state,
                 metrics: None,
+                devices: None,
             }),
             tx: Mutex::new(tx),
         };
@@ -130,7 +133,12 @@ impl Controller for Shared {
         if st.config.is_none() {
             return Err(ApiError::not_found("vm.counters: no VM is created"));
         }
-        Ok(st.metrics.as_deref().map(counters_of).unwrap_or_default())
+        let mut out = st.metrics.as_deref().map(counters_of).unwrap_or_default();
+        for (name, values) in st.devices.iter().flat_map(|d| d.groups()) {
+            let group = values.into_iter().map(|(k, v)| (k.to_string(), v));
+            out.insert(name, group.collect());
+        }
+        Ok(out)
     }
 
     fn action(&self, action: VmAction) -> Result<(), ApiError> {
@@ -166,7 +174,8 @@ impl Controller for Shared {
     }
 }
 
-/// Cloud Hypervisor's counters shape: one group, "vcpu", with the exit counters.
+/// Cloud Hypervisor's counters shape: the group "vcpu" with the exit counters (the devices'
+/// groups, `_diskN` and `_netN`, are added beside it).
 pub fn counters_of(m: &VcpuMetrics) -> VmCounters {
     use std::sync::atomic::Ordering::Relaxed;
     let group = [

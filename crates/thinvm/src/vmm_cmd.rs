@@ -125,6 +125,7 @@ fn set_running(shared: &Shared, vm: &Vm) {
     let mut st = shared.lock();
     st.state = VmState::Running;
     st.metrics = Some(vm.metrics().clone());
+    st.devices = Some(vm.device_counters());
 }
 
 /// How a booted VM ended.
