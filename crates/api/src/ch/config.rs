@@ -55,7 +55,7 @@ const TOP: &[(&str, Rule)] = &[
     ("pvpanic", Rule::Parsed),
     ("rate_limit_groups", Rule::Empty),
     ("disks", Rule::Parsed),
-    ("net", Rule::Empty),
+    ("net", Rule::Parsed),
     ("fs", Rule::Empty),
     ("generic_vhost_user", Rule::Empty),
     ("pmem", Rule::Empty),
@@ -441,6 +441,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         console: parse_console(top.get("console"), "console", ConsoleMode::Tty)?,
         pvpanic,
         disks: parse_disks(top.get("disks"))?,
+        net: net_config::parse_net(top.get("net"))?,
         rng: match present(top, "rng") {
             None => false,
             Some(r) => {
@@ -450,6 +451,9 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         },
     })
 }
+
+#[path = "net_config.rs"]
+mod net_config;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -8,8 +8,8 @@ mod types;
 pub use config::{parse_vm_config, ConfigError};
 pub use router::{router, Controller, VmAction};
 pub use types::{
-    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, PayloadConfig,
-    VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse,
+    ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig, NetConfig,
+    PayloadConfig, VmConfig, VmCounters, VmInfo, VmState, VmmPingResponse,
 };
 
 /// The version of Cloud Hypervisor's OpenAPI document (`info.version`) this API follows.
