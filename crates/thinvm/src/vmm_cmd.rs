@@ -283,6 +283,14 @@ fn boot(config: &VmConfig, log_max: u64, hub: Option<&Arc<ConsoleHub>>) -> Resul
         .collect::<Result<Vec<_>, _>>()?;
     crate::disk_arg::attach(&mut vm, &disks, config.rng)
         .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks and rng: {e}")))?;
+    let nets = config
+        .net
+        .iter()
+        .map(crate::net_arg::from_api)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: net: {e}")))?;
+    crate::net_arg::attach(&mut vm, &nets)
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the network cards: {e}")))?;
     vm.start()
         .map_err(|e| ApiError::internal(format!("vm.boot: starting the vCPUs: {e}")))?;
     Ok(vm)

@@ -102,3 +102,60 @@ async fn block_counters_reach_the_metrics() {
         "a stopped VM has no device samples"
     );
 }
+
+/// A card defined in the daemon reaches the VMM by `net` config (TAP name and the MAC the
+/// daemon stored), and its counters (`_net1`, after the disk `_disk0`) appear in `/metrics`.
+/// Needs root and /dev/net/tun (the VMM creates the TAP); skips otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_net_card_reaches_the_vmm_and_the_metrics() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !have_kvm() || !root || !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("skipped: needs /dev/kvm, root and /dev/net/tun");
+        return;
+    }
+    let dir = scratch("daemon-net");
+    let d = Thinvmd::start(&dir);
+    let c = d.client.clone();
+    let disk = dir.join("images/io.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let tap = format!("thvm{}", std::process::id() % 100_000);
+    let spec = json!({
+        "name": "netvm",
+        "kernel": dir.join("images/button"),
+        "memory": 32u64 << 20,
+        "disks": [{"path": disk}],
+        "nets": [{"tap": tap}],
+    });
+    let (s, v) = call(&c, "POST", "/v1/vms", Some(&spec)).await;
+    assert_eq!(s, 201, "{v}");
+    let mac = v["nets"][0]["mac"].as_str().unwrap().to_string();
+    let (s, v) = call(&c, "POST", "/v1/vms/netvm/start", None).await;
+    assert_eq!(s, 200, "{v}");
+    let vmm = api::client::Client::new(dir.join("state/vms/netvm/api.sock"));
+    let (_, info) = call(&vmm, "GET", "/api/v1/vm.info", None).await;
+    assert_eq!(
+        info["config"]["net"],
+        json!([{"tap": tap, "mac": mac}]),
+        "{info}"
+    );
+    // The TAP exists while the VM runs, with the guest on the other side.
+    assert!(std::path::Path::new(&format!("/sys/class/net/{tap}")).exists());
+    let (_, m) = call(&c, "GET", "/metrics", None).await;
+    let m = m.as_str().unwrap();
+    for metric in ["rx_bytes", "rx_frames", "tx_bytes", "tx_frames"] {
+        let series = format!("thinvm_vm_net_{metric}_total{{vm=\"netvm\",net=\"_net1\"}}");
+        assert_eq!(sample(m, &series), Some(0.0), "{series}\n{m}");
+    }
+    assert!(sample(
+        m,
+        "thinvm_vm_block_read_ops_total{vm=\"netvm\",disk=\"_disk0\"}"
+    )
+    .is_some());
+    let (s, _) = call(&c, "POST", "/v1/vms/netvm/stop?timeout=20", None).await;
+    assert_eq!(s, 200);
+    wait_vm(&c, "netvm", 15, |v| v["state"] == "stopped").await;
+    // The next start gets the same MAC (the definition keeps it).
+    let (_, v) = call(&c, "GET", "/v1/vms/netvm", None).await;
+    assert_eq!(v["nets"][0]["mac"].as_str(), Some(mac.as_str()));
+}
