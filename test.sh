@@ -11,6 +11,8 @@ scripts/deps.sh
 echo "== 1/3 cargo test"
 cargo test --workspace --profile ci
 echo "== 2/3 end to end in the nested testbed"
+# Boot cases, reboot/panic, the guest shell, and thinvmd in the outer machine: the power-button
+# stop and 4 VMs at once (`-- e2e --only daemon-many-vms` runs that one alone).
 cargo run --profile ci -q -p xtask -- e2e
 # virtio: an ext4 disk written by the guest (raw and a qcow2 overlay), read-only disk, rng.
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test virtio_e2e

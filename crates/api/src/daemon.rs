@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::net::{check_tap_name, parse_mac};
+
 /// Longest VM name.
 pub const MAX_NAME: usize = 63;
 /// Smallest and largest guest memory the daemon accepts.
@@ -111,6 +113,9 @@ pub struct VmSpec {
     /// virtio-blk disks, in PCI slot order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskSpec>,
+    /// virtio-net cards, in PCI slot order after the disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetSpec>,
     /// A virtio-rng device.
     #[serde(default)]
     pub rng: bool,
@@ -142,6 +147,20 @@ pub struct DiskSpec {
 
 /// Most disks per VM.
 pub const MAX_DISKS: usize = 16;
+
+/// One network card of a VM definition: a TAP (opened, or created, by the VMM) and the guest's
+/// MAC. The daemon stores a locally administered MAC when none is given, so it stays the same
+/// across starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// Most network cards per VM.
+pub const MAX_NETS: usize = 8;
 
 fn one() -> u8 {
     1
@@ -180,6 +199,7 @@ impl VmSpec {
                 ));
             }
         }
+        self.validate_nets()?;
         for (field, p) in [
             ("kernel", Some(&self.kernel)),
             ("initrd", self.initrd.as_ref()),
@@ -187,6 +207,38 @@ impl VmSpec {
             if let Some(p) = p {
                 if !p.starts_with('/') || p.contains('\0') {
                     return Err(format!("{field}: {p:?} is not an absolute path"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VmSpec {
+    /// Checks the network cards: TAP names as Linux takes them, MACs unicast, neither twice.
+    fn validate_nets(&self) -> Result<(), String> {
+        if self.nets.len() > MAX_NETS {
+            return Err(format!(
+                "nets: {} cards, at most {MAX_NETS}",
+                self.nets.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut macs = std::collections::HashSet::new();
+        for (i, n) in self.nets.iter().enumerate() {
+            check_tap_name(&n.tap).map_err(|e| format!("nets[{i}].tap: {e}"))?;
+            if !seen.insert(&n.tap) {
+                return Err(format!(
+                    "nets[{i}].tap: tap `{}` is used by another card of this VM",
+                    n.tap
+                ));
+            }
+            if let Some(m) = &n.mac {
+                let mac = parse_mac(m).map_err(|e| format!("nets[{i}].mac: {e}"))?;
+                if !macs.insert(mac) {
+                    return Err(format!(
+                        "nets[{i}].mac: mac `{m}` is used by another card of this VM"
+                    ));
                 }
             }
         }
@@ -363,6 +415,9 @@ pub fn openapi() -> Value {
                 "kernel": {"type": "string"}, "initrd": {"type": "string"}, "cmdline": {"type": "string"},
                 "disks": {"type": "array", "items": {"type": "object", "required": ["path"], "additionalProperties": false, "properties": {
                     "path": {"type": "string"}, "format": {"type": "string", "enum": ["raw", "qcow2"]}, "readonly": {"type": "boolean"}}}},
+                "nets": {"type": "array", "maxItems": MAX_NETS, "items": {"type": "object", "required": ["tap"], "additionalProperties": false, "properties": {
+                    "tap": {"type": "string", "minLength": 1, "maxLength": crate::net::MAX_TAP_NAME, "description": "TAP opened, or created, by the VMM"},
+                    "mac": {"type": "string", "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", "description": "unicast; when absent the daemon stores a locally administered one"}}}},
                 "rng": {"type": "boolean"},
                 "restart": {"type": "string", "enum": ["never", "on-failure", "always"]},
                 "autostart": {"type": "boolean"}}},
@@ -372,76 +427,5 @@ pub fn openapi() -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["a", "web-1", "db.prod_2", "0", &"x".repeat(63)] {
-            assert!(check_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            ".a",
-            "A",
-            "a/b",
-            "..",
-            "a b",
-            "é",
-            &"x".repeat(64),
-            "a\0",
-        ] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn spec_rejects_unknown_fields_and_bad_values() {
-        let e = serde_json::from_str::<VmSpec>(r#"{"name":"a","kernel":"/k","disk":"/x"}"#)
-            .unwrap_err();
-        assert!(e.to_string().contains("disk"), "{e}");
-        let s: VmSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
-        assert_eq!(
-            (s.cpus, s.memory, s.restart),
-            (1, 512 << 20, RestartPolicy::Never)
-        );
-        assert!(s.validate().is_ok());
-        let bad = |f: fn(&mut VmSpec)| {
-            let mut t = s.clone();
-            f(&mut t);
-            t.validate().unwrap_err()
-        };
-        assert!(bad(|t| t.cpus = 0).contains("cpus"));
-        assert!(bad(|t| t.memory = 4095).contains("memory"));
-        assert!(bad(|t| t.memory = 1 << 41).contains("memory"));
-        assert!(bad(|t| t.kernel = "rel/k".into()).contains("kernel"));
-        assert!(bad(|t| t.name = "../x".into()).contains("name"));
-        let p: RestartPolicy = serde_json::from_str("\"on-failure\"").unwrap();
-        assert_eq!(p, RestartPolicy::OnFailure);
-    }
-
-    #[test]
-    fn openapi_lists_every_route() {
-        let doc = openapi();
-        for r in ROUTES {
-            assert!(
-                doc["paths"][r.path][r.method].is_object(),
-                "{} {}",
-                r.method,
-                r.path
-            );
-        }
-        assert_eq!(doc["components"]["schemas"]["State"]["enum"][6], "crashed");
-    }
-
-    #[test]
-    fn states_round_trip() {
-        for s in State::ALL {
-            assert_eq!(State::parse(s.as_str()), Some(s));
-            let j = serde_json::to_string(&s).unwrap();
-            assert_eq!(j, format!("\"{}\"", s.as_str()));
-        }
-        assert_eq!(State::parse("zombie"), None);
-    }
-}
+#[path = "daemon_tests.rs"]
+mod tests;

@@ -8,11 +8,13 @@
 //! - [`unix`]: binding a Unix socket with a mode, a listener that checks the peer's credentials,
 //!   and serving a router on it.
 //! - [`client`]: a small HTTP/1 client over a Unix socket.
+//! - [`net`]: MAC addresses and TAP names, checked alike by every API and the CLI.
 
 pub mod ch;
 pub mod client;
 pub mod daemon;
 mod error;
+pub mod net;
 pub mod unix;
 
 pub use error::ApiError;

@@ -67,6 +67,36 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );";
 
+/// The schema this daemon writes (`PRAGMA user_version`). Version 1 is the first versioned
+/// one; a database without a version (0) has the same tables (network cards were added inside
+/// the stored spec JSON, where an old row reads as having none) and is stamped 1.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Brings the schema to [`SCHEMA_VERSION`], refusing a database of a newer daemon.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
+    let sql = |source| DbError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if version > SCHEMA_VERSION {
+        return Err(DbError::Corrupt {
+            name: path.display().to_string(),
+            reason: format!(
+                "schema version {version} is newer than this daemon's {SCHEMA_VERSION}"
+            ),
+        });
+    }
+    conn.execute_batch(SCHEMA).map_err(sql)?;
+    if version < SCHEMA_VERSION {
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// Opens (creating) the database at `path` and starts its thread.
     pub fn open(path: &Path) -> Result<Db, DbError> {
@@ -81,7 +111,7 @@ impl Db {
             .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
+        migrate(&conn, path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("db".into())

@@ -9,6 +9,7 @@ fn spec(name: &str) -> VmSpec {
         initrd: None,
         cmdline: None,
         disks: vec![],
+        nets: vec![],
         rng: false,
         restart: RestartPolicy::OnFailure,
         autostart: false,
@@ -152,5 +153,44 @@ async fn old_events_are_pruned() {
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, [8, 9, 10]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_unversioned_database_with_old_rows_is_migrated() {
+    let dir = std::env::temp_dir().join(format!("thinvmd-db-migrate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.db");
+    {
+        // A database as the daemon before versioning and network cards wrote it.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.execute(
+            "INSERT INTO vms (name, spec, state) VALUES ('old', ?1, 'stopped')",
+            [r#"{"name":"old","cpus":1,"memory":33554432,"kernel":"/k","initrd":null,"cmdline":null,"rng":false,"restart":"never","autostart":false}"#],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let row = db.get("old").await.unwrap();
+    assert_eq!(row.status.spec.nets, []);
+    assert_eq!(row.status.state, State::Stopped);
+    let v: i64 = db
+        .tx(|t| {
+            Ok(t.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    drop(db);
+    // A newer daemon's database is refused, not misread.
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    let e = Db::open(&path).err().expect("refused");
+    assert!(e.to_string().contains("newer"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,6 +6,7 @@ pub mod confine;
 pub mod db;
 pub mod http;
 pub mod lifecycle;
+mod macs;
 pub mod metrics;
 pub mod process;
 pub mod serve;

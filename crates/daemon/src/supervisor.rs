@@ -152,8 +152,9 @@ impl Daemon {
     }
 
     /// Defines a VM.
-    pub async fn create(self: &Arc<Self>, spec: VmSpec) -> Result<VmStatus, ApiError> {
+    pub async fn create(self: &Arc<Self>, mut spec: VmSpec) -> Result<VmStatus, ApiError> {
         spec.validate().map_err(ApiError::bad_request)?;
+        crate::macs::assign_macs(&mut spec)?;
         drop(self.open_files(&spec)?);
         let (row, ev) = self.db.insert(spec).await.map_err(db_error)?;
         let _ = self.events.send(ev);
@@ -293,6 +294,7 @@ impl Daemon {
                     DiskFormat::Qcow2 => "Qcow2",
                 },
             })).collect::<Vec<_>>(),
+            "net": spec.nets.iter().map(|n| json!({"tap": n.tap, "mac": n.mac})).collect::<Vec<_>>(),
             "rng": if spec.rng { json!({"src": "/dev/urandom"}) } else { json!(null) },
             "serial": {"mode": "File", "file": dir.join("console.log")},
             "console": {"mode": "Off"},

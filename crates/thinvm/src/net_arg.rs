@@ -10,26 +10,7 @@ use std::collections::HashSet;
 
 use vmm::{NetConfig, Vm};
 
-/// Parses a MAC address `aa:bb:cc:dd:ee:ff` (a multicast address is refused).
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("mac `{s}` is not six hex bytes separated by `:`");
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!("mac `{s}` is a multicast address"));
-    }
-    Ok(mac)
-}
+pub use api::net::parse_mac;
 
 /// Parses one `--net` value.
 pub fn parse_net(s: &str) -> Result<NetConfig, String> {
@@ -45,10 +26,10 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
         let dup = || format!("`{key}` is given twice");
         match key {
             "tap" if cfg.tap.is_some() => return Err(dup()),
-            "tap" if value.is_empty() || value.len() > 15 => {
-                return Err(format!("tap name `{value}`: 1 to 15 characters"))
+            "tap" => {
+                api::net::check_tap_name(value)?;
+                cfg.tap = Some(value.to_string())
             }
-            "tap" => cfg.tap = Some(value.to_string()),
             "fd" if cfg.fd.is_some() => return Err(dup()),
             "fd" => {
                 let fd: i32 = value
@@ -85,6 +66,29 @@ pub fn check_unique(nets: &[NetConfig]) -> Result<(), String> {
     Ok(())
 }
 
+/// A `--net` of `thinvm vm create` as the daemon stores it: by TAP name only (the daemon's
+/// VMM cannot inherit the CLI's descriptors).
+pub fn net_spec(n: &NetConfig) -> Result<api::daemon::NetSpec, String> {
+    let tap = n
+        .tap
+        .clone()
+        .ok_or("fd=N cannot be passed to the daemon: give tap=NAME")?;
+    Ok(api::daemon::NetSpec {
+        tap,
+        mac: n.mac.map(api::net::format_mac),
+    })
+}
+
+/// The VMM's card from the per-VM API's (the daemon passes the stored MAC).
+pub fn from_api(n: &api::ch::NetConfig) -> Result<NetConfig, String> {
+    api::net::check_tap_name(&n.tap)?;
+    Ok(NetConfig {
+        tap: Some(n.tap.clone()),
+        fd: None,
+        mac: n.mac.as_deref().map(parse_mac).transpose()?,
+    })
+}
+
 /// Adds the network cards, in order.
 pub fn attach(vm: &mut Vm, nets: &[NetConfig]) -> Result<(), vmm::Error> {
     for n in nets {
@@ -114,6 +118,8 @@ mod tests {
             ("tap=a,fd=4", "not both"),
             ("tap=a,tap=b", "twice"),
             ("tap=", "1 to 15"),
+            ("tap=a b", "whitespace"),
+            ("tap=a/b", "'/'"),
             ("tap=0123456789abcdef", "1 to 15"),
             ("fd=x", "not a number"),
             ("fd=2", "stderr"),
@@ -127,6 +133,26 @@ mod tests {
             let err = parse_net(spec).unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn daemon_cards_by_name_only() {
+        let n = parse_net("tap=tap0,mac=52:54:00:12:34:56").unwrap();
+        let s = net_spec(&n).unwrap();
+        assert_eq!(
+            (s.tap.as_str(), s.mac.as_deref()),
+            ("tap0", Some("52:54:00:12:34:56"))
+        );
+        assert_eq!(net_spec(&parse_net("tap=t1").unwrap()).unwrap().mac, None);
+        assert!(net_spec(&parse_net("fd=5").unwrap())
+            .unwrap_err()
+            .contains("tap=NAME"));
+        let back = from_api(&api::ch::NetConfig {
+            tap: "tap0".into(),
+            mac: s.mac,
+        })
+        .unwrap();
+        assert_eq!(back, n);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum VmCommand {
         /// A virtio-blk disk: `path=FILE[,format=raw|qcow2][,readonly=on]`; repeatable.
         #[arg(long = "disk", value_name = "SPEC", value_parser = crate::disk_arg::parse_disk)]
         disks: Vec<vmm::DiskConfig>,
+        /// A virtio-net card: `tap=NAME[,mac=MAC]`; repeatable. Without mac=, the daemon picks
+        /// a locally administered MAC and keeps it.
+        #[arg(long = "net", value_name = "SPEC", value_parser = crate::net_arg::parse_net)]
+        nets: Vec<vmm::NetConfig>,
         /// Add a virtio-rng device.
         #[arg(long)]
         rng: bool,
@@ -148,6 +152,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             cpus,
             memory,
             disks,
+            nets,
             rng,
             restart,
             autostart,
@@ -157,6 +162,12 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 .iter()
                 .map(disk_spec)
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            crate::net_arg::check_unique(&nets).map_err(anyhow::Error::msg)?;
+            let nets = nets
+                .iter()
+                .map(crate::net_arg::net_spec)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let spec = VmSpec {
                 name: name.clone(),
                 cpus,
@@ -165,6 +176,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 initrd: initrd.as_deref().map(absolute).transpose()?,
                 cmdline,
                 disks,
+                nets,
                 rng,
                 restart: match restart {
                     Restart::Never => RestartPolicy::Never,
@@ -189,7 +201,15 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             }
             v
         }
-        VmCommand::Show { name } => call(c, "GET", &vm(&name, ""), None).await?,
+        VmCommand::Show { name } => {
+            let v = call(c, "GET", &vm(&name, ""), None).await?;
+            if !json {
+                let s: VmStatus = serde_json::from_value(v)?;
+                print!("{}{}", table(std::slice::from_ref(&s)), devices(&s.spec));
+                return Ok(0);
+            }
+            v
+        }
         VmCommand::Start { name } => call(c, "POST", &vm(&name, "/start"), None).await?,
         VmCommand::Stop {
             name,
@@ -282,6 +302,22 @@ async fn logs(c: &Client, name: &str, tail: Option<u64>, follow: bool) -> anyhow
 }
 
 /// The daemon's disk from `--disk` (a relative path is made absolute).
+/// A VM's disks and network cards, one line each (`thinvm vm show`).
+fn devices(spec: &VmSpec) -> String {
+    let mut out = String::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let ro = if d.readonly { ",readonly=on" } else { "" };
+        let format = serde_json::to_value(d.format).unwrap_or_default();
+        let format = format.as_str().unwrap_or("raw");
+        out += &format!("disk{i}  path={},format={format}{ro}\n", d.path);
+    }
+    for (i, n) in spec.nets.iter().enumerate() {
+        let mac = n.mac.as_deref().unwrap_or("-");
+        out += &format!("net{i}   tap={},mac={mac}\n", n.tap);
+    }
+    out
+}
+
 fn disk_spec(d: &vmm::DiskConfig) -> anyhow::Result<DiskSpec> {
     let format = match d.format {
         storage::Format::Raw => DiskFormat::Raw,
@@ -402,5 +438,19 @@ mod tests {
         assert_eq!(lines.len(), 2);
         let cols: Vec<_> = lines[1].split_whitespace().collect();
         assert_eq!(cols, ["web", "running", "1", "64M", "42", "3"]);
+    }
+
+    #[test]
+    fn show_lists_disks_and_cards() {
+        let spec: VmSpec = serde_json::from_str(
+            r#"{"name":"web","kernel":"/k","disks":[{"path":"/d.qcow2","format":"qcow2"}],
+                "nets":[{"tap":"tap0","mac":"02:00:00:00:00:01"},{"tap":"tap1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            devices(&spec),
+            "disk0  path=/d.qcow2,format=qcow2\nnet0   tap=tap0,mac=02:00:00:00:00:01\n\
+             net1   tap=tap1,mac=-\n"
+        );
     }
 }

@@ -34,6 +34,8 @@ pub struct Status {
     pub metrics: Option<Arc<VcpuMetrics>>,
     /// The running VM's balloon, if it has one.
     pub balloon: Option<vmm::BalloonHandle>,
+    /// The disks' and network cards' counters of the running VM.
+    pub devices: Option<vmm::DeviceCounters>,
 }
 
 impl Shared {
@@ -46,6 +48,7 @@ impl Shared {
                 state,
                 metrics: None,
                 balloon: None,
+                devices: None,
             }),
             tx: Mutex::new(tx),
         };
@@ -138,6 +141,10 @@ impl Controller for Shared {
             return Err(ApiError::not_found("vm.counters: no VM is created"));
         }
         let mut c: VmCounters = st.metrics.as_deref().map(counters_of).unwrap_or_default();
+        for (name, values) in st.devices.iter().flat_map(|d| d.groups()) {
+            let group = values.into_iter().map(|(k, v)| (k.to_string(), v));
+            c.insert(name, group.collect());
+        }
         if let Some(b) = &st.balloon {
             // Ask for fresh guest statistics; they arrive for the next call.
             b.request_stats();
@@ -204,7 +211,8 @@ impl Controller for Shared {
     }
 }
 
-/// Cloud Hypervisor's counters shape: one group, "vcpu", with the exit counters.
+/// Cloud Hypervisor's counters shape: the group "vcpu" with the exit counters (the devices'
+/// groups, `_diskN` and `_netN`, are added beside it).
 pub fn counters_of(m: &VcpuMetrics) -> VmCounters {
     use std::sync::atomic::Ordering::Relaxed;
     let group = [

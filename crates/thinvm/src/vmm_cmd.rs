@@ -131,6 +131,7 @@ fn set_running(shared: &Shared, vm: &Vm, balloon: Option<BalloonHandle>) {
     st.state = VmState::Running;
     st.metrics = Some(vm.metrics().clone());
     st.balloon = balloon;
+    st.devices = Some(vm.device_counters());
 }
 
 /// How a booted VM ended.
@@ -293,6 +294,14 @@ fn boot(
         .collect::<Result<Vec<_>, _>>()?;
     crate::disk_arg::attach(&mut vm, &disks, config.rng)
         .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the disks and rng: {e}")))?;
+    let nets = config
+        .net
+        .iter()
+        .map(crate::net_arg::from_api)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: net: {e}")))?;
+    crate::net_arg::attach(&mut vm, &nets)
+        .map_err(|e| ApiError::bad_request(format!("vm.boot: adding the network cards: {e}")))?;
     let vsock = config.vsock.as_ref().map(|v| vmm::VsockConfig {
         cid: v.cid,
         socket: v.socket.clone().into(),

@@ -369,6 +369,46 @@ async fn the_cli_drives_the_daemon() {
     let (code, _, err) = cli(&["create", "Bad/Name", "--kernel", "button"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid VM name"), "{err}");
+    // Network cards: `--net` as `thinvm run` takes it; the daemon adds and keeps a MAC.
+    let (code, _, err) = cli(&[
+        "create",
+        "nets",
+        "--kernel",
+        "button",
+        "--net",
+        "tap=tn0",
+        "--net",
+        "tap=tn1,mac=52:54:00:00:00:07",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = cli(&["show", "nets"]);
+    assert!(
+        out.contains("net1   tap=tn1,mac=52:54:00:00:00:07"),
+        "{out}"
+    );
+    let net0 = out
+        .lines()
+        .find(|l| l.starts_with("net0"))
+        .unwrap_or_default();
+    assert!(
+        net0.starts_with("net0   tap=tn0,mac=") && !net0.ends_with('-'),
+        "{out}"
+    );
+    for (bad, why) in [
+        ("tap=tn0,mac=01:00:00:00:00:01", "multicast"),
+        ("tap=0123456789abcdef", "1 to 15"),
+        ("fd=5", "tap=NAME"),
+    ] {
+        let (code, _, err) = cli(&["create", "nets2", "--kernel", "button", "--net", bad]);
+        assert_eq!(code, Some(2), "{bad}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+    let (code, _, err) = cli(&[
+        "create", "nets2", "--kernel", "button", "--net", "tap=x", "--net", "tap=x",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("already used"), "{err}");
+    cli(&["delete", "nets"]);
     let (code, out, _) = cli(&["delete", "web"]);
     assert_eq!((code, out.trim()), (Some(0), "deleted web"));
     let (_, out, _) = cli(&["list", "--json"]);

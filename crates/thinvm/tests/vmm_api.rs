@@ -78,8 +78,8 @@ async fn per_vm_api_drives_a_vmm() {
     let kernel = dir.join("images/button");
     for (bad, field) in [
         (
-            json!({"payload": {"kernel": kernel}, "net": [{"tap": "t0"}]}),
-            "net",
+            json!({"payload": {"kernel": kernel}, "net": [{"tap": "t0", "vhost_user": true}]}),
+            "net[0].vhost_user",
         ),
         (
             json!({"payload": {"kernel": kernel}, "memory": {"size": 1 << 30, "hugepages": true}}),

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod console;
+mod counters;
 mod devices;
 mod error;
 pub mod exit;
@@ -16,6 +17,7 @@ mod vm;
 
 pub use ::devices::virtio::balloon::{BalloonCounters, BalloonHandle};
 pub use ::devices::virtio::vsock::valid_cid as valid_vsock_cid;
+pub use counters::{CounterGroup, DeviceCounters};
 pub use error::Error;
 pub use exit::{ExitReason, ExitSignal};
 pub use hypervisor::{probe_host, DescriptorTable, HostKvm, Regs, SRegs, Segment};

@@ -26,7 +26,7 @@ use hypervisor::{MsiRoute, FIRST_MSI_GSI};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::Error;
+use crate::{DeviceCounters, Error};
 
 /// A disk for virtio-blk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,7 @@ pub struct PciBus {
     next_bar: u64,
     devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
     has_vsock: bool,
+    counters: DeviceCounters,
     io: Bus,
     mmio: Bus,
 }
@@ -182,6 +183,7 @@ impl PciBus {
             next_bar: PCI_MMIO32_START,
             devices: Vec::new(),
             has_vsock: false,
+            counters: DeviceCounters::default(),
             io: io.clone(),
             mmio: mmio.clone(),
         })
@@ -202,7 +204,11 @@ impl PciBus {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        self.add_virtio(Box::new(Block::new(backend, &serial)))
+        let block = Block::new(backend, &serial);
+        let stats = block.stats();
+        self.add_virtio(Box::new(block))?;
+        self.counters.add_block(stats);
+        Ok(())
     }
 
     /// Adds a virtio-rng device.
@@ -224,7 +230,16 @@ impl PciBus {
         let mac = net
             .mac
             .unwrap_or_else(|| mac_from_seed(tap.name().as_bytes()));
-        self.add_virtio(Box::new(Net::new(Box::new(tap), mac)))
+        let dev = Net::new(Box::new(tap), mac);
+        let stats = dev.stats();
+        self.add_virtio(Box::new(dev))?;
+        self.counters.add_net(stats);
+        Ok(())
+    }
+
+    /// The counters of the disks and network cards (`_diskN`, `_netN`), live.
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters.clone()
     }
 
     /// Adds a virtio-vsock device; its socket is listening when this returns.

@@ -133,6 +133,11 @@ impl Vm {
         &self.mem
     }
 
+    /// The devices' counters (`_diskN`, `_netN`), live: clone it before [`Vm::start`] or after.
+    pub fn device_counters(&self) -> crate::DeviceCounters {
+        self.pci.counters()
+    }
+
     /// Exit counters of all vCPUs together.
     pub fn metrics(&self) -> &Arc<VcpuMetrics> {
         &self.metrics

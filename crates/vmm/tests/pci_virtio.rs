@@ -293,8 +293,9 @@ fn run_to_end(vm: &mut Vm) -> vmm::ExitReason {
 }
 
 /// A hand-made guest drives virtio-blk itself (config ports, BAR writes, the notify doorbell
-/// that KVM turns into an ioeventfd signal) with a hostile chain first and a good one after:
-/// the bad request fails with IOERR, the good one is served, the guest powers off.
+/// that KVM turns into an ioeventfd signal) with a hostile chain first and good ones after:
+/// the bad request fails with IOERR, the good read and write are served, the guest powers off,
+/// and the device's counters (`_disk0`) moved by exactly what the good requests carried.
 #[test]
 fn guest_driver_with_a_hostile_chain() {
     const BAR: u32 = 0xc000_0000;
@@ -316,7 +317,7 @@ fn guest_driver_with_a_hostile_chain() {
         .store16(BAR + 0x1c, 1)
         .store8(BAR + 0x14, 0xf)
         .store16(BAR + 0x3000, 0)
-        .wait_byte(0x12002, 2)
+        .wait_byte(0x12002, 3)
         .acpi_poweroff();
     let out = Captured::default();
     let mut vm = Vm::new(&config(code, 1), Box::new(out)).expect("build VM");
@@ -340,18 +341,42 @@ fn guest_driver_with_a_hostile_chain() {
     desc(&w, 3, 0x13100, 16, 1, 4);
     desc(&w, 4, 0x20000, 512, 3, 5);
     desc(&w, 5, 0x21001, 1, 2, 0);
-    w(0x21000, &[0xff, 0xff]);
+    // Request 3 (head 6): a write of 1024 bytes of 0x3c at sector 10.
+    w(0x13200, &[1, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0]);
+    w(0x22000, &[0x3c; 1024]);
+    desc(&w, 6, 0x13200, 16, 1, 7);
+    desc(&w, 7, 0x22000, 1024, 1, 8);
+    desc(&w, 8, 0x21002, 1, 2, 0);
+    w(0x21000, &[0xff, 0xff, 0xff]);
     w(0x11004, &0u16.to_le_bytes());
     w(0x11006, &3u16.to_le_bytes());
-    w(0x11002, &2u16.to_le_bytes());
+    w(0x11008, &6u16.to_le_bytes());
+    w(0x11002, &3u16.to_le_bytes());
+    let counters = vm.device_counters();
     assert_eq!(run_to_end(&mut vm), vmm::ExitReason::PowerOff);
-    let mut status = [0u8; 2];
+    let mut status = [0u8; 3];
     mem.read_slice(&mut status, GuestAddress(0x21000)).unwrap();
     assert_eq!(
         status,
-        [1, 0],
-        "IOERR for the hostile request, OK for the good one"
+        [1, 0, 0],
+        "IOERR for the hostile request, OK for the good ones"
     );
+    let groups = counters.groups();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].0, "_disk0");
+    let mut got = groups[0].1.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("read_bytes", 512),
+            ("read_ops", 1),
+            ("write_bytes", 1024),
+            ("write_ops", 1)
+        ]
+    );
+    let on_disk = std::fs::read(&disk).unwrap();
+    assert!(on_disk[10 * 512..12 * 512].iter().all(|&b| b == 0x3c));
     let mut data = [0u8; 512];
     mem.read_slice(&mut data, GuestAddress(0x20000)).unwrap();
     assert!(data.iter().all(|&b| b == 5 ^ 0xa5));

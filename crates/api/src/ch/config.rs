@@ -55,7 +55,7 @@ const TOP: &[(&str, Rule)] = &[
     ("pvpanic", Rule::Parsed),
     ("rate_limit_groups", Rule::Empty),
     ("disks", Rule::Parsed),
-    ("net", Rule::Empty),
+    ("net", Rule::Parsed),
     ("fs", Rule::Empty),
     ("generic_vhost_user", Rule::Empty),
     ("pmem", Rule::Empty),
@@ -468,6 +468,7 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
         pvpanic,
         disks: parse_disks(top.get("disks"))?,
         balloon: super::resize::parse_balloon(present(top, "balloon"))?,
+        net: net_config::parse_net(top.get("net"))?,
         rng: match present(top, "rng") {
             None => false,
             Some(r) => {
@@ -480,6 +481,9 @@ pub fn parse_vm_config(v: &Value) -> Result<VmConfig, ConfigError> {
     super::resize::check_balloon_fits(&config)?;
     Ok(config)
 }
+
+#[path = "net_config.rs"]
+mod net_config;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -11,7 +11,8 @@ pub use resize::{check_balloon_fits, parse_resize};
 pub use router::{router, Controller, VmAction};
 pub use types::{
     BalloonConfig, ConsoleConfig, ConsoleMode, CpusConfig, DiskConfig, ImageType, MemoryConfig,
-    PayloadConfig, VmConfig, VmCounters, VmInfo, VmResize, VmState, VmmPingResponse, VsockConfig,
+    NetConfig, PayloadConfig, VmConfig, VmCounters, VmInfo, VmResize, VmState, VmmPingResponse,
+    VsockConfig,
 };
 
 /// The version of Cloud Hypervisor's OpenAPI document (`info.version`) this API follows.

@@ -131,10 +131,16 @@ async fn bad_requests_are_400_and_change_nothing() {
     let (s, v) = call(&app, Method::PUT, "/api/v1/vm.create", "{not json").await;
     assert_eq!(s, 400);
     assert!(v["message"].as_str().unwrap().contains("not valid JSON"));
-    let body = json!({"payload": {"kernel": "/k"}, "net": [{"tap": "t0"}]}).to_string();
-    let (s, v) = call(&app, Method::PUT, "/api/v1/vm.create", &body).await;
+    let body = json!({"payload": {"kernel": "/k"}, "net": [{"tap": "t0", "num_queues": 4}]});
+    let (s, v) = call(&app, Method::PUT, "/api/v1/vm.create", &body.to_string()).await;
     assert_eq!(s, 400);
-    assert!(v["message"].as_str().unwrap().contains("`net`"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`net[0].num_queues`"),
+        "{v}"
+    );
     let body = json!({"payload": {"kernel": "/k"}, "colour": "blue"}).to_string();
     let (s, v) = call(&app, Method::PUT, "/api/v1/vm.create", &body).await;
     assert_eq!(s, 400);

@@ -115,6 +115,15 @@ pub struct VmResize {
     pub desired_balloon: Option<u64>,
 }
 
+/// A virtio-net card on a TAP opened (or created) by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    /// `aa:bb:cc:dd:ee:ff`; absent: the VMM derives a locally administered one from the TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
 /// The supported part of Cloud Hypervisor's `VmConfig`, as [`super::parse_vm_config`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -126,6 +135,8 @@ pub struct VmConfig {
     pub pvpanic: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
     /// A virtio-rng device (given as `rng: {"src": "/dev/urandom"}`; absent: none).
     #[serde(default)]
     pub rng: bool,
@@ -165,6 +176,7 @@ impl VmConfig {
             },
             pvpanic: false,
             disks: Vec::new(),
+            net: Vec::new(),
             rng: false,
             vsock: None,
             balloon: None,

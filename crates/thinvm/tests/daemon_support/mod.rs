@@ -24,6 +24,117 @@ pub enum Guest {
     Panic,
     /// Prints "hello", then echoes every byte received on the serial port (polls LSR).
     Echo,
+    /// Prints "hello", drives its virtio-blk disk (PCI 00:01.0) through [`BLK_IO`], prints
+    /// "blk ok", then waits for the power button as `Button` does.
+    Blk,
+}
+
+/// What the `Blk` guest does to its disk, in order: (write?, first sector, bytes). The write
+/// carries 0x3c bytes.
+pub const BLK_IO: [(bool, u64, u32); 3] = [(true, 8, 1536), (false, 0, 512), (false, 16, 4096)];
+/// Where the `Blk` guest moves its disk's BAR 0 (inside the entry page tables' first GiB).
+const BLK_BAR: u32 = 0x1000_0000;
+/// The `Blk` guest's queue: descriptors, avail ring, used ring, headers and status, data.
+const BLK_DATA: u64 = 0x30_0000;
+const BLK_AVAIL: u64 = BLK_DATA + 0x1000;
+const BLK_USED: u64 = BLK_DATA + 0x2000;
+const BLK_HDR: u64 = BLK_DATA + 0x3000;
+
+/// mov byte/word/dword [abs32], imm (64-bit mode, SIB absolute: no RIP-relative address).
+fn store(c: &mut Vec<u8>, addr: u32, v: u32, width: u8) {
+    match width {
+        1 => c.extend([0xc6, 0x04, 0x25]),
+        2 => c.extend([0x66, 0xc7, 0x04, 0x25]),
+        _ => c.extend([0xc7, 0x04, 0x25]),
+    }
+    c.extend(addr.to_le_bytes());
+    c.extend(&v.to_le_bytes()[..usize::from(width)]);
+}
+
+/// A configuration dword write through ports 0xCF8/0xCFC.
+fn pci_write(c: &mut Vec<u8>, dev: u8, reg: u8, v: u32) {
+    let addr = 0x8000_0000u32 | u32::from(dev) << 11 | u32::from(reg);
+    c.extend([0x66, 0xba, 0xf8, 0x0c, 0xb8]); // mov dx, 0xcf8; mov eax, addr
+    c.extend(addr.to_le_bytes());
+    c.extend([0xef, 0x66, 0xba, 0xfc, 0x0c, 0xb8]); // out; mov dx, 0xcfc; mov eax, v
+    c.extend(v.to_le_bytes());
+    c.push(0xef);
+}
+
+fn print(c: &mut Vec<u8>, text: &[u8]) {
+    c.extend([0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    for b in text {
+        c.extend([0xb0, *b, 0xee]); // mov al, b; out dx, al
+    }
+}
+
+/// The virtio-blk driver of the `Blk` guest (its rings and buffers come from [`blk_data`]).
+fn blk_driver(c: &mut Vec<u8>) {
+    pci_write(c, 1, 0x10, BLK_BAR);
+    pci_write(c, 1, 0x14, 0);
+    pci_write(c, 1, 0x04, 6);
+    let bar = BLK_BAR;
+    for (off, v, w) in [
+        (0x14, 1, 1),
+        (0x14, 3, 1),
+        (0x08, 1, 4),
+        (0x0c, 1, 4), // VERSION_1
+        (0x14, 0xb, 1),
+        (0x18, 16, 2),
+        (0x20, BLK_DATA as u32, 4),
+        (0x24, 0, 4),
+        (0x28, BLK_AVAIL as u32, 4),
+        (0x2c, 0, 4),
+        (0x30, BLK_USED as u32, 4),
+        (0x34, 0, 4),
+        (0x1c, 1, 2),
+        (0x14, 0xf, 1),
+        (0x3000, 0, 2), // notify queue 0
+    ] {
+        store(c, bar + off, v, w);
+    }
+    // wait: mov al, [used.idx]; cmp al, n; jne wait
+    let top = c.len();
+    c.extend([0x8a, 0x04, 0x25]);
+    c.extend((BLK_USED as u32 + 2).to_le_bytes());
+    c.extend([0x3c, BLK_IO.len() as u8, 0x75]);
+    c.push((top as isize - (c.len() as isize + 1)) as i8 as u8);
+}
+
+/// The `Blk` guest's data segment at [`BLK_DATA`]: descriptors, avail ring, request headers.
+fn blk_data() -> Vec<u8> {
+    let mut d = vec![0u8; 0x1_0000];
+    let mut put = |at: u64, bytes: &[u8]| {
+        let at = (at - BLK_DATA) as usize;
+        d[at..at + bytes.len()].copy_from_slice(bytes);
+    };
+    put(BLK_AVAIL + 2, &(BLK_IO.len() as u16).to_le_bytes());
+    for (i, (write, sector, len)) in BLK_IO.iter().enumerate() {
+        let head = (i * 3) as u16;
+        let hdr = BLK_HDR + i as u64 * 16;
+        let status = BLK_HDR + 0x100 + i as u64;
+        let data = BLK_DATA + 0x4000 + i as u64 * 0x2000;
+        let mut h = u32::from(*write).to_le_bytes().to_vec();
+        h.extend([0; 4]);
+        h.extend(sector.to_le_bytes());
+        put(hdr, &h);
+        if *write {
+            put(data, &vec![0x3c; *len as usize]);
+        }
+        let data_flags: u16 = if *write { 1 } else { 3 };
+        for (k, (addr, l, flags)) in [(hdr, 16, 1u16), (data, *len, data_flags), (status, 1, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut e = addr.to_le_bytes().to_vec();
+            e.extend(l.to_le_bytes());
+            e.extend(flags.to_le_bytes());
+            e.extend((head + k as u16 + 1).to_le_bytes());
+            put(BLK_DATA + u64::from(head + k as u16) * 16, &e);
+        }
+        put(BLK_AVAIL + 4 + 2 * i as u64, &head.to_le_bytes());
+    }
+    d
 }
 
 fn code(g: Guest) -> Vec<u8> {
@@ -32,9 +143,13 @@ fn code(g: Guest) -> Vec<u8> {
         c.extend([0xb0, *b, 0xee]); // mov al, b; out dx, al
     }
     let halt = [0xfa, 0xf4, 0xeb, 0xfd]; // cli; hlt; jmp back to hlt
+    if let Guest::Blk = g {
+        blk_driver(&mut c);
+        print(&mut c, b"blk ok\n");
+    }
     match g {
         Guest::Idle => c.extend(halt),
-        Guest::Button => {
+        Guest::Button | Guest::Blk => {
             // poll: mov dx, 0x600; in ax, dx; test ax, 0x100; jz poll
             let poll = [0x66, 0xba, 0x00, 0x06, 0x66, 0xed, 0x66, 0xa9, 0x00, 0x01];
             c.extend(poll);
@@ -62,9 +177,15 @@ fn code(g: Guest) -> Vec<u8> {
     c
 }
 
-/// Writes the guest as an ELF64 executable with one PT_LOAD segment at 2 MiB.
+/// Writes the guest as an ELF64 executable: its code in a PT_LOAD segment at 2 MiB (and the
+/// `Blk` guest's queue in a second one at 3 MiB).
 pub fn write_guest(path: &Path, g: Guest) {
     let code = code(g);
+    let data = match g {
+        Guest::Blk => blk_data(),
+        _ => Vec::new(),
+    };
+    let phnum: u16 = if data.is_empty() { 1 } else { 2 };
     let mut f = Vec::new();
     f.extend(b"\x7fELF");
     f.extend([2, 1, 1, 0]);
@@ -76,16 +197,26 @@ pub fn write_guest(path: &Path, g: Guest) {
     f.extend(64u64.to_le_bytes()); // phoff
     f.extend(0u64.to_le_bytes()); // shoff
     f.extend(0u32.to_le_bytes());
-    for v in [64u16, 56, 1, 0, 0, 0] {
+    for v in [64u16, 56, phnum, 0, 0, 0] {
         f.extend(v.to_le_bytes());
     }
+    let code_at = 64 + 56 * u64::from(phnum);
     let len = code.len() as u64;
     f.extend(1u32.to_le_bytes()); // PT_LOAD
     f.extend(5u32.to_le_bytes()); // R X
-    for v in [120u64, LOAD, LOAD, len, len, 0x1000] {
+    for v in [code_at, LOAD, LOAD, len, len, 0x1000] {
         f.extend(v.to_le_bytes());
     }
+    if !data.is_empty() {
+        let dlen = data.len() as u64;
+        f.extend(1u32.to_le_bytes()); // PT_LOAD
+        f.extend(6u32.to_le_bytes()); // R W
+        for v in [code_at + len, BLK_DATA, BLK_DATA, dlen, dlen, 0x1000] {
+            f.extend(v.to_le_bytes());
+        }
+    }
     f.extend(code);
+    f.extend(data);
     std::fs::write(path, f).unwrap();
 }
 
@@ -98,6 +229,7 @@ pub fn scratch(tag: &str) -> PathBuf {
     write_guest(&dir.join("images/button"), Guest::Button);
     write_guest(&dir.join("images/panic"), Guest::Panic);
     write_guest(&dir.join("images/echo"), Guest::Echo);
+    write_guest(&dir.join("images/blk"), Guest::Blk);
     dir
 }
 

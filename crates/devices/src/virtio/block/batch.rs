@@ -31,6 +31,15 @@ pub(crate) struct Done {
     pub head: u16,
     pub completion: Completion,
     pub error: Option<RequestError>,
+    /// The data a successful read or write moved (for the counters).
+    pub transfer: Option<Transfer>,
+}
+
+/// The data of a successful read or write, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    Read(u64),
+    Write(u64),
 }
 
 /// The in-flight state of one queue.
@@ -76,10 +85,19 @@ impl Batch {
             // before them.
             self.finish(mem, disk, done);
             let (completion, error) = request::complete(mem, &req, status_addr, disk.disk(), id);
+            // An empty read or write is still one completed operation of its kind.
+            let transfer = (completion.status == VIRTIO_BLK_S_OK as u8)
+                .then_some(req.ty)
+                .and_then(|ty| match ty {
+                    VIRTIO_BLK_T_IN => Some(Transfer::Read(0)),
+                    VIRTIO_BLK_T_OUT => Some(Transfer::Write(0)),
+                    _ => None,
+                });
             return done.push(Done {
                 head,
                 completion,
                 error,
+                transfer,
             });
         }
         if let Err(e) = self.submit(mem, disk, head, status_addr, req, done) {
@@ -175,13 +193,13 @@ impl Batch {
                     if let Some(data) = c.buf.owned() {
                         p.req.scatter(mem, data)?;
                     }
-                    Ok(p.req.data_len as u32)
+                    Ok((p.req.data_len as u32, Transfer::Read(p.req.data_len)))
                 } else {
-                    Ok(0)
+                    Ok((0, Transfer::Write(p.req.data_len)))
                 }
             });
             done.push(match result {
-                Ok(n) => Done {
+                Ok((n, transfer)) => Done {
                     head: p.head,
                     completion: Completion {
                         status_addr: Some(p.status_addr),
@@ -189,6 +207,7 @@ impl Batch {
                         used_len: n + 1,
                     },
                     error: None,
+                    transfer: Some(transfer),
                 },
                 Err(e) => failed(p.head, Some(p.status_addr), e),
             });
@@ -230,5 +249,6 @@ fn failed(head: u16, status_addr: Option<GuestAddress>, e: RequestError) -> Done
             used_len: u32::from(status_addr.is_some()),
         },
         error: Some(e),
+        transfer: None,
     }
 }

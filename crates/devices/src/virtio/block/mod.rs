@@ -33,7 +33,7 @@ use super::{
     VirtioInterrupt, WorkerThread, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1,
 };
 use crate::legacy::GuestLog;
-use batch::Batch;
+use batch::{Batch, Transfer};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -43,7 +43,8 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Most sectors of one discard or write-zeroes segment.
 const MAX_DISCARD_SECTORS: u32 = (1 << 30) / SECTOR_SIZE as u32;
 
-/// Counters of one block device.
+/// Lock-free counters of one block device (the `read_*`/`write_*` ones count successful
+/// reads and writes only, as Cloud Hypervisor's `vm.counters` reports them).
 #[derive(Debug, Default)]
 pub struct BlockStats {
     /// Requests completed with VIRTIO_BLK_S_OK.
@@ -52,6 +53,14 @@ pub struct BlockStats {
     pub failed: AtomicU64,
     /// Requests of an unsupported type.
     pub unsupported: AtomicU64,
+    /// Bytes read from the disk into the guest.
+    pub read_bytes: AtomicU64,
+    /// Bytes the guest wrote to the disk.
+    pub write_bytes: AtomicU64,
+    /// Completed read requests.
+    pub read_ops: AtomicU64,
+    /// Completed write requests.
+    pub write_ops: AtomicU64,
 }
 
 /// A virtio-blk device.
@@ -271,7 +280,7 @@ impl BlockWorker {
                     ));
                 }
             }
-            self.count(&c, d.error.as_ref());
+            self.count(&c, d.error.as_ref(), d.transfer);
             if let Err(e) = self.queue.add_used(&self.mem, d.head, c.used_len) {
                 self.log.warn(format_args!(
                     "virtio-blk: cannot return descriptor {}: {e:?}",
@@ -282,8 +291,19 @@ impl BlockWorker {
         used
     }
 
-    fn count(&self, done: &Completion, err: Option<&RequestError>) {
+    fn count(&self, done: &Completion, err: Option<&RequestError>, transfer: Option<Transfer>) {
         let s = &self.stats;
+        match transfer {
+            Some(Transfer::Read(n)) => {
+                s.read_ops.fetch_add(1, Ordering::Relaxed);
+                s.read_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Some(Transfer::Write(n)) => {
+                s.write_ops.fetch_add(1, Ordering::Relaxed);
+                s.write_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            None => {}
+        }
         match (done.status, err) {
             (0, _) => {
                 s.ok.fetch_add(1, Ordering::Relaxed);
@@ -338,3 +358,6 @@ pub(crate) fn serve_for_fuzz(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod stats_tests;
