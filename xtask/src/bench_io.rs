@@ -15,6 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+use crate::bench::median;
 use testbed::{GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Testbed, TestbedConfig};
 
 const MEM_MIB: u32 = 256;
@@ -106,16 +108,6 @@ fn parse_line(line: &str) -> Option<(String, String, f64, f64)> {
         a,
         b,
     ))
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => v.get(n / 2).copied(),
-        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
-    }
 }
 
 /// A read-only ext4 image with fio and iperf3 under /bin and every library they load under

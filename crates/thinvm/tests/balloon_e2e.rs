@@ -14,21 +14,15 @@
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
+mod e2e_support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use e2e_support::{enabled, guest_modules, value};
 use testbed::{
     GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Status, Testbed, TestbedConfig,
 };
-
-const GUEST_MODULES: [&str; 6] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_balloon",
-];
 
 /// Guest, phase 1: touch 200 MiB, free it, then wait for the balloon to take 128 MiB.
 const GUEST_INFLATE: &str = r#"#!/bin/sh
@@ -132,11 +126,6 @@ echo
 finish
 "#;
 
-fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
-    log.lines()
-        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
-}
-
 /// The number at the start of `key`'s value (readings are followed by the pid).
 fn kib(log: &str, key: &str) -> u64 {
     value(log, key)
@@ -147,8 +136,7 @@ fn kib(log: &str, key: &str) -> u64 {
 
 #[test]
 fn balloon_inflate_and_free_page_reporting_lower_the_vmm_rss() {
-    if std::env::var_os("THINVM_E2E").is_none() {
-        eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
+    if !enabled() {
         return;
     }
     let mut tests = testbed::images::builtin_guest_tests();
@@ -156,7 +144,7 @@ fn balloon_inflate_and_free_page_reporting_lower_the_vmm_rss() {
     tests.push(Script::new("balloon-report", GUEST_REPORT));
     let config = TestbedConfig {
         guest: GuestSpec {
-            modules: GUEST_MODULES.map(String::from).into(),
+            modules: guest_modules(&["virtio_balloon"]),
             tests,
             ..GuestSpec::default()
         },

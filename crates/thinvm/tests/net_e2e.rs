@@ -7,23 +7,15 @@
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
+mod e2e_support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use e2e_support::{enabled, guest_modules, value};
 use testbed::{
     GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Status, Testbed, TestbedConfig,
 };
-
-const GUEST_MODULES: [&str; 8] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
-];
 
 const MAC: &str = "02:54:00:12:34:56";
 
@@ -97,15 +89,9 @@ echo "VMM-RC=$rc"
 exit $rc
 "#;
 
-fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
-    log.lines()
-        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
-}
-
 #[test]
 fn virtio_net_pings_both_ways_in_the_testbed() {
-    if std::env::var_os("THINVM_E2E").is_none() {
-        eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
+    if !enabled() {
         return;
     }
     let mut tests = testbed::images::builtin_guest_tests();
@@ -114,7 +100,7 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
     outer_modules.push("tun".into());
     let config = TestbedConfig {
         guest: GuestSpec {
-            modules: GUEST_MODULES.map(String::from).into(),
+            modules: guest_modules(&["failover", "net_failover", "virtio_net"]),
             tests,
             ..GuestSpec::default()
         },

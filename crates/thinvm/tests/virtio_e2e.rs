@@ -9,23 +9,16 @@
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
+mod e2e_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use e2e_support::{enabled, guest_modules, value};
 use testbed::{
     GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Status, Testbed, TestbedConfig,
 };
-
-const GUEST_MODULES: [&str; 7] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_rng",
-];
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -274,15 +267,9 @@ fn check_root(r: &testbed::ScenarioResult, scratch: &Path, dir: &Path) {
     );
 }
 
-fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
-    log.lines()
-        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
-}
-
 #[test]
 fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
-    if std::env::var_os("THINVM_E2E").is_none() {
-        eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
+    if !enabled() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("thinvm-virtio-e2e-{}", std::process::id()));
@@ -318,7 +305,7 @@ fn virtio_blk_raw_and_qcow2_roundtrip_in_the_testbed() {
     outer_modules.extend(["virtio_pci", "virtio_blk"].map(String::from));
     let config = TestbedConfig {
         guest: GuestSpec {
-            modules: GUEST_MODULES.map(String::from).into(),
+            modules: guest_modules(&["virtio_blk", "virtio_rng"]),
             tests,
             ..GuestSpec::default()
         },

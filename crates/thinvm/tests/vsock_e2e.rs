@@ -11,23 +11,15 @@
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
+mod e2e_support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
+use e2e_support::{enabled, guest_modules, value};
 use testbed::{
     GuestSpec, OuterOptions, OuterSpec, Scenario, Script, Status, Testbed, TestbedConfig,
 };
-
-const GUEST_MODULES: [&str; 8] = [
-    "virtio",
-    "virtio_ring",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "vsock",
-    "vmw_vsock_virtio_transport_common",
-    "vmw_vsock_virtio_transport",
-];
 
 const SOCAT: &str = "/usr/bin/socat";
 
@@ -82,15 +74,9 @@ echo "VMM-RC=$rc"
 exit $rc
 "#;
 
-fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
-    log.lines()
-        .find_map(|l| l.trim_end().strip_prefix(key)?.strip_prefix('='))
-}
-
 #[test]
 fn virtio_vsock_bridges_unix_sockets_both_ways_in_the_testbed() {
-    if std::env::var_os("THINVM_E2E").is_none() {
-        eprintln!("skipped: set THINVM_E2E=1 to boot the nested testbed");
+    if !enabled() {
         return;
     }
     assert!(
@@ -101,7 +87,11 @@ fn virtio_vsock_bridges_unix_sockets_both_ways_in_the_testbed() {
     tests.push(Script::new("vsock", GUEST_SCRIPT));
     let config = TestbedConfig {
         guest: GuestSpec {
-            modules: GUEST_MODULES.map(String::from).into(),
+            modules: guest_modules(&[
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport",
+            ]),
             tests,
             binaries: vec![PathBuf::from(SOCAT)],
         },
