@@ -6,6 +6,10 @@ use serde_json::{json, Value};
 
 use crate::net::{check_tap_name, parse_mac};
 
+#[path = "daemon_devices.rs"]
+mod devices;
+pub use devices::{BalloonSpec, VsockSpec, VSOCK_SOCKET};
+
 /// Longest VM name.
 pub const MAX_NAME: usize = 63;
 /// Smallest and largest guest memory the daemon accepts.
@@ -119,6 +123,12 @@ pub struct VmSpec {
     /// A virtio-rng device.
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockSpec>,
+    /// A virtio-balloon device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
     #[serde(default)]
@@ -200,6 +210,7 @@ impl VmSpec {
             }
         }
         self.validate_nets()?;
+        devices::validate(self.vsock.as_ref(), self.balloon.as_ref(), self.memory)?;
         for (field, p) in [
             ("kernel", Some(&self.kernel)),
             ("initrd", self.initrd.as_ref()),
@@ -258,6 +269,9 @@ pub struct VmStatus {
     pub restarts: u32,
     /// Why the last VMM ended.
     pub last_exit: Option<String>,
+    /// The host side of the vsock device: a Unix socket the daemon places in the VM's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_socket: Option<String>,
 }
 
 /// One stored state change (`GET /v1/events`).
@@ -402,6 +416,7 @@ pub fn openapi() -> Value {
         entry[r.method] = op;
     }
     let states: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+    let (vsock, balloon) = devices::openapi_properties();
     json!({
         "openapi": "3.0.3",
         "info": {"title": "thinvmd API", "version": env!("CARGO_PKG_VERSION")},
@@ -418,7 +433,7 @@ pub fn openapi() -> Value {
                 "nets": {"type": "array", "maxItems": MAX_NETS, "items": {"type": "object", "required": ["tap"], "additionalProperties": false, "properties": {
                     "tap": {"type": "string", "minLength": 1, "maxLength": crate::net::MAX_TAP_NAME, "description": "TAP opened, or created, by the VMM"},
                     "mac": {"type": "string", "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$", "description": "unicast; when absent the daemon stores a locally administered one"}}}},
-                "rng": {"type": "boolean"},
+                "rng": {"type": "boolean"}, "vsock": vsock, "balloon": balloon,
                 "restart": {"type": "string", "enum": ["never", "on-failure", "always"]},
                 "autostart": {"type": "boolean"}}},
             "State": {"type": "string", "enum": states}

@@ -88,3 +88,34 @@ fn states_round_trip() {
     }
     assert_eq!(State::parse("zombie"), None);
 }
+
+#[test]
+fn vsock_and_balloon_are_checked() {
+    let s: VmSpec = serde_json::from_str(
+        r#"{"name":"a","kernel":"/k","memory":67108864,"vsock":{"cid":3},
+            "balloon":{"size":67108864,"free_page_reporting":true}}"#,
+    )
+    .unwrap();
+    assert!(s.validate().is_ok());
+    let b = s.balloon.clone().unwrap();
+    assert_eq!(
+        (b.size, b.deflate_on_oom, b.free_page_reporting),
+        (64 << 20, false, true)
+    );
+    for cid in [0, 1, 2, u64::from(u32::MAX)] {
+        let mut t = s.clone();
+        t.vsock = Some(VsockSpec { cid });
+        assert!(t.validate().unwrap_err().contains("vsock.cid"), "{cid}");
+    }
+    let mut t = s.clone();
+    t.balloon.as_mut().unwrap().size = (64 << 20) + 4096;
+    assert!(t.validate().unwrap_err().contains("balloon.size"));
+    for bad in [
+        r#"{"name":"a","kernel":"/k","vsock":{"cid":3,"socket":"/tmp/x"}}"#,
+        r#"{"name":"a","kernel":"/k","vsock":{"cid":"3"}}"#,
+        r#"{"name":"a","kernel":"/k","balloon":{"size":0,"stats":true}}"#,
+        r#"{"name":"a","kernel":"/k","balloon":{}}"#,
+    ] {
+        assert!(serde_json::from_str::<VmSpec>(bad).is_err(), "{bad}");
+    }
+}

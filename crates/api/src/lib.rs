@@ -9,6 +9,7 @@
 //!   and serving a router on it.
 //! - [`client`]: a small HTTP/1 client over a Unix socket.
 //! - [`net`]: MAC addresses and TAP names, checked alike by every API and the CLI.
+//! - [`vsock`]: the guest CID rule, checked alike by every API.
 
 pub mod ch;
 pub mod client;
@@ -16,5 +17,6 @@ pub mod daemon;
 mod error;
 pub mod net;
 pub mod unix;
+pub mod vsock;
 
 pub use error::ApiError;

@@ -21,6 +21,8 @@ pub enum DbError {
     NoSuchVm(String),
     #[error("a VM named {0:?} already exists")]
     Exists(String),
+    #[error("vsock.cid: CID {cid} is already VM {vm:?}'s")]
+    CidTaken { cid: u64, vm: String },
     #[error("stored row of VM {name:?} is unreadable: {reason}")]
     Corrupt { name: String, reason: String },
     #[error("the database thread has stopped")]
@@ -69,8 +71,11 @@ CREATE TABLE IF NOT EXISTS events (
 
 /// The schema this daemon writes (`PRAGMA user_version`). Version 1 is the first versioned
 /// one; a database without a version (0) has the same tables (network cards were added inside
-/// the stored spec JSON, where an old row reads as having none) and is stamped 1.
-pub const SCHEMA_VERSION: i64 = 1;
+/// the stored spec JSON, where an old row reads as having none) and is stamped 1. Version 2
+/// adds `vsock` and `balloon` inside the spec JSON (an old row reads as having neither; no
+/// table changes): a version 1 daemon would read a row using them as corrupt, so it refuses
+/// the whole database instead.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Brings the schema to [`SCHEMA_VERSION`], refusing a database of a newer daemon.
 fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
@@ -98,7 +103,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), DbError> {
 }
 
 impl Db {
-    /// Opens (creating) the database at `path` and starts its thread.
+    /// Opens (creating) the database at `path` (in the state folder: VMs' folders, as in
+    /// [`vsock_socket`], are beside it) and starts its thread.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let sql = |source| DbError::Sqlite {
             path: path.to_path_buf(),
@@ -168,6 +174,11 @@ impl Db {
                 .map_err(sql)?;
             if exists.is_some() {
                 return Err(DbError::Exists(spec.name));
+            }
+            if let Some(v) = &spec.vsock {
+                if let Some(vm) = cid_owner(t, &path, v.cid)? {
+                    return Err(DbError::CidTaken { cid: v.cid, vm });
+                }
             }
             let json = serde_json::to_string(&spec).map_err(|e| DbError::Corrupt {
                 name: spec.name.clone(),
@@ -402,6 +413,39 @@ pub fn prune_events(t: &Transaction<'_>, path: &Path, last: i64, keep: i64) -> R
     Ok(())
 }
 
+/// The VM whose definition has vsock CID `cid`, if any.
+fn cid_owner(t: &Transaction<'_>, path: &Path, cid: u64) -> Result<Option<String>, DbError> {
+    let sql = |source| DbError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stmt = t.prepare("SELECT name, spec FROM vms").map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql)?;
+    for row in rows {
+        let (name, spec) = row.map_err(sql)?;
+        let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| DbError::Corrupt {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if spec.vsock.is_some_and(|v| v.cid == cid) {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+/// Where the VMM of VM `name` serves its vsock device: `vms/NAME/vsock.sock` in the state
+/// folder, which holds the database at `db`.
+pub fn vsock_socket(db: &Path, name: &str) -> PathBuf {
+    let state_dir = db.parent().unwrap_or(Path::new("/"));
+    state_dir
+        .join("vms")
+        .join(name)
+        .join(api::daemon::VSOCK_SOCKET)
+}
+
 fn get_row(t: &Transaction<'_>, path: &Path, name: &str) -> Result<VmRow, DbError> {
     let row = t
         .query_row(
@@ -433,6 +477,10 @@ fn get_row(t: &Transaction<'_>, path: &Path, name: &str) -> Result<VmRow, DbErro
     };
     let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| corrupt(e.to_string()))?;
     let state = State::parse(&state).ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let vsock_socket = spec
+        .vsock
+        .as_ref()
+        .map(|_| vsock_socket(path, name).display().to_string());
     Ok(VmRow {
         status: VmStatus {
             spec,
@@ -440,6 +488,7 @@ fn get_row(t: &Transaction<'_>, path: &Path, name: &str) -> Result<VmRow, DbErro
             pid,
             restarts,
             last_exit,
+            vsock_socket,
         },
         start_time: start_time.map(|s| s as u64),
         user_stop,

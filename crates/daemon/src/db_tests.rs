@@ -11,6 +11,8 @@ fn spec(name: &str) -> VmSpec {
         disks: vec![],
         nets: vec![],
         rng: false,
+        vsock: None,
+        balloon: None,
         restart: RestartPolicy::OnFailure,
         autostart: false,
     }
@@ -192,5 +194,54 @@ async fn an_unversioned_database_with_old_rows_is_migrated() {
         .unwrap();
     let e = Db::open(&path).err().expect("refused");
     assert!(e.to_string().contains("newer"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_database_loads_without_vsock_or_balloon() {
+    let dir = std::env::temp_dir().join(format!("thinvmd-db-v1-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.db");
+    {
+        // A database as the daemon with network cards (schema 1) wrote it.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute(
+            "INSERT INTO vms (name, spec, state) VALUES ('v1', ?1, 'defined')",
+            [r#"{"name":"v1","cpus":1,"memory":33554432,"kernel":"/k","nets":[{"tap":"t0","mac":"02:00:00:00:00:01"}],"rng":false,"restart":"never","autostart":false}"#],
+        )
+        .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let row = db.get("v1").await.unwrap();
+    assert_eq!(
+        (row.status.spec.vsock, row.status.spec.balloon),
+        (None, None)
+    );
+    assert_eq!(row.status.vsock_socket, None);
+    assert_eq!(row.status.spec.nets.len(), 1);
+    let v: i64 = db
+        .tx(|t| {
+            Ok(t.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    // A CID is one VM's: the second definition with it is refused and not stored.
+    let mut a = spec("a");
+    a.vsock = Some(api::daemon::VsockSpec { cid: 7 });
+    db.insert(a.clone()).await.unwrap();
+    let got = db.get("a").await.unwrap().status.vsock_socket.unwrap();
+    assert_eq!(got, dir.join("vms/a/vsock.sock").display().to_string());
+    a.name = "b".into();
+    assert!(matches!(
+        db.insert(a).await,
+        Err(DbError::CidTaken { cid: 7, ref vm }) if vm == "a"
+    ));
+    assert!(matches!(db.get("b").await, Err(DbError::NoSuchVm(_))));
+    drop(db);
     std::fs::remove_dir_all(&dir).unwrap();
 }

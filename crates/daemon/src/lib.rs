@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod process;
 pub mod serve;
 pub mod supervisor;
+mod vmm_config;
 
 pub use serve::{run, ServeOptions};
 pub use supervisor::{Config, Daemon};

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::client::{Client, ClientError};
-use api::daemon::{DiskFormat, Event, State, VmSpec, VmStatus};
+use api::daemon::{Event, State, VmSpec, VmStatus};
 use api::ApiError;
-use serde_json::json;
 use tokio::sync::{broadcast, Mutex};
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 
 use crate::confine::{open_beneath, ConfineError};
 use crate::db::{Change, Db, DbError, VmRow};
 use crate::process::Proc;
+use crate::vmm_config::PayloadFds;
 
 /// The command line a guest gets when its definition has none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -82,6 +82,7 @@ pub fn db_error(e: DbError) -> ApiError {
     match e {
         DbError::NoSuchVm(n) => ApiError::not_found(format!("no VM named {n:?}")),
         DbError::Exists(n) => ApiError::conflict(format!("a VM named {n:?} already exists")),
+        e @ DbError::CidTaken { .. } => ApiError::bad_request(e.to_string()),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -278,27 +279,7 @@ impl Daemon {
                 }
             }
         }
-        let config = json!({
-            "cpus": {"boot_vcpus": spec.cpus, "max_vcpus": spec.cpus},
-            "memory": {"size": spec.memory},
-            "payload": {
-                "kernel": fd_path(&files.kernel),
-                "initramfs": files.initrd.as_ref().map(fd_path),
-                "cmdline": spec.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
-            },
-            "disks": spec.disks.iter().zip(&files.disks).map(|(d, fd)| json!({
-                "path": fd_path(fd),
-                "readonly": d.readonly,
-                "image_type": match d.format {
-                    DiskFormat::Raw => "Raw",
-                    DiskFormat::Qcow2 => "Qcow2",
-                },
-            })).collect::<Vec<_>>(),
-            "net": spec.nets.iter().map(|n| json!({"tap": n.tap, "mac": n.mac})).collect::<Vec<_>>(),
-            "rng": if spec.rng { json!({"src": "/dev/urandom"}) } else { json!(null) },
-            "serial": {"mode": "File", "file": dir.join("console.log")},
-            "console": {"mode": "Off"},
-        });
+        let config = crate::vmm_config::vm_config(dir, spec, files);
         let put = |call: &'static str, body| {
             let client = client.clone();
             async move {
@@ -412,27 +393,6 @@ fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ApiError> {
         )));
     }
     Ok(f)
-}
-
-/// The descriptors a VMM inherits for its payload and disks.
-struct PayloadFds {
-    kernel: OwnedFd,
-    initrd: Option<OwnedFd>,
-    disks: Vec<OwnedFd>,
-}
-
-impl PayloadFds {
-    fn raw(&self) -> Vec<RawFd> {
-        let mut v = vec![self.kernel.as_raw_fd()];
-        v.extend(self.initrd.iter().map(|f| f.as_raw_fd()));
-        v.extend(self.disks.iter().map(|f| f.as_raw_fd()));
-        v
-    }
-}
-
-/// How the VMM names an inherited descriptor (same number in the child).
-fn fd_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// An error from a VMM's API as the daemon's.

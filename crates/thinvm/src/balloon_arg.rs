@@ -61,6 +61,15 @@ pub fn check(cfg: &BalloonConfig, memory: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The daemon's balloon from `--balloon` (`thinvm vm create`).
+pub fn balloon_spec(cfg: &BalloonConfig) -> api::daemon::BalloonSpec {
+    api::daemon::BalloonSpec {
+        size: cfg.size,
+        deflate_on_oom: cfg.deflate_on_oom,
+        free_page_reporting: cfg.free_page_reporting,
+    }
+}
+
 /// Adds the balloon, if any.
 pub fn attach(
     vm: &mut Vm,

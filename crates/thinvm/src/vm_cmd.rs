@@ -60,6 +60,15 @@ pub enum VmCommand {
         /// Add a virtio-rng device.
         #[arg(long)]
         rng: bool,
+        /// A virtio-vsock device: `cid=N` (3 to 4294967294, one VM's). The daemon places its
+        /// socket at `STATE_DIR/vms/NAME/vsock.sock` (`thinvm vm show` prints it).
+        #[arg(long, value_name = "cid=N", value_parser = crate::vsock_arg::parse_vm_vsock)]
+        vsock: Option<api::daemon::VsockSpec>,
+        /// A virtio-balloon: `[size=SIZE][,deflate_on_oom=on|off][,free_page_reporting=on|off]`;
+        /// a bare `--balloon` is empty with free page reporting and deflate-on-OOM on.
+        #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "",
+              value_parser = crate::balloon_arg::parse_balloon)]
+        balloon: Option<vmm::BalloonConfig>,
         /// What to do when the VM's VMM ends without a user's stop.
         #[arg(long, value_enum, default_value = "never")]
         restart: Restart,
@@ -154,10 +163,15 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             disks,
             nets,
             rng,
+            vsock,
+            balloon,
             restart,
             autostart,
             start,
         } => {
+            if let Some(b) = &balloon {
+                crate::balloon_arg::check(b, memory).map_err(anyhow::Error::msg)?;
+            }
             let disks = disks
                 .iter()
                 .map(disk_spec)
@@ -178,6 +192,8 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
                 disks,
                 nets,
                 rng,
+                vsock,
+                balloon: balloon.as_ref().map(crate::balloon_arg::balloon_spec),
                 restart: match restart {
                     Restart::Never => RestartPolicy::Never,
                     Restart::OnFailure => RestartPolicy::OnFailure,
@@ -205,7 +221,7 @@ async fn dispatch(c: &Client, json: bool, cmd: VmCommand) -> anyhow::Result<i32>
             let v = call(c, "GET", &vm(&name, ""), None).await?;
             if !json {
                 let s: VmStatus = serde_json::from_value(v)?;
-                print!("{}{}", table(std::slice::from_ref(&s)), devices(&s.spec));
+                print!("{}{}", table(std::slice::from_ref(&s)), devices(&s));
                 return Ok(0);
             }
             v
@@ -301,9 +317,9 @@ async fn logs(c: &Client, name: &str, tail: Option<u64>, follow: bool) -> anyhow
     }
 }
 
-/// The daemon's disk from `--disk` (a relative path is made absolute).
-/// A VM's disks and network cards, one line each (`thinvm vm show`).
-fn devices(spec: &VmSpec) -> String {
+/// A VM's disks, network cards, vsock and balloon, one line each (`thinvm vm show`).
+fn devices(vm: &VmStatus) -> String {
+    let spec = &vm.spec;
     let mut out = String::new();
     for (i, d) in spec.disks.iter().enumerate() {
         let ro = if d.readonly { ",readonly=on" } else { "" };
@@ -315,9 +331,23 @@ fn devices(spec: &VmSpec) -> String {
         let mac = n.mac.as_deref().unwrap_or("-");
         out += &format!("net{i}   tap={},mac={mac}\n", n.tap);
     }
+    if let Some(v) = &spec.vsock {
+        let socket = vm.vsock_socket.as_deref().unwrap_or("-");
+        out += &format!("vsock   cid={},socket={socket}\n", v.cid);
+    }
+    if let Some(b) = &spec.balloon {
+        let on = |b: bool| if b { "on" } else { "off" };
+        out += &format!(
+            "balloon size={},deflate_on_oom={},free_page_reporting={}\n",
+            b.size,
+            on(b.deflate_on_oom),
+            on(b.free_page_reporting)
+        );
+    }
     out
 }
 
+/// The daemon's disk from `--disk` (a relative path is made absolute).
 fn disk_spec(d: &vmm::DiskConfig) -> anyhow::Result<DiskSpec> {
     let format = match d.format {
         storage::Format::Raw => DiskFormat::Raw,
@@ -418,39 +448,5 @@ pub fn table(vms: &[VmStatus]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use api::daemon::State;
-
-    #[test]
-    fn table_has_one_row_per_vm() {
-        let spec: VmSpec =
-            serde_json::from_str(r#"{"name":"web","kernel":"/k","memory":67108864}"#).unwrap();
-        let vm = VmStatus {
-            spec,
-            state: State::Running,
-            pid: Some(42),
-            restarts: 3,
-            last_exit: None,
-        };
-        let t = table(&[vm]);
-        let lines: Vec<_> = t.lines().collect();
-        assert_eq!(lines.len(), 2);
-        let cols: Vec<_> = lines[1].split_whitespace().collect();
-        assert_eq!(cols, ["web", "running", "1", "64M", "42", "3"]);
-    }
-
-    #[test]
-    fn show_lists_disks_and_cards() {
-        let spec: VmSpec = serde_json::from_str(
-            r#"{"name":"web","kernel":"/k","disks":[{"path":"/d.qcow2","format":"qcow2"}],
-                "nets":[{"tap":"tap0","mac":"02:00:00:00:00:01"},{"tap":"tap1"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            devices(&spec),
-            "disk0  path=/d.qcow2,format=qcow2\nnet0   tap=tap0,mac=02:00:00:00:00:01\n\
-             net1   tap=tap1,mac=-\n"
-        );
-    }
-}
+#[path = "vm_cmd_tests.rs"]
+mod tests;

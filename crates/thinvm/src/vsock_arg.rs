@@ -43,6 +43,22 @@ pub fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     }
 }
 
+/// Parses `thinvm vm create`'s `--vsock cid=N`: the daemon places the socket itself.
+pub fn parse_vm_vsock(s: &str) -> Result<api::daemon::VsockSpec, String> {
+    let value = s
+        .strip_prefix("cid=")
+        .ok_or_else(|| format!("`{s}` is not cid=N (the daemon places the socket itself)"))?;
+    let cid: u64 = value
+        .parse()
+        .map_err(|_| format!("cid `{value}` is not a number"))?;
+    if !valid_cid(cid) {
+        return Err(format!(
+            "cid {cid}: must be 3 to 4294967294 (0, 1, 2 and 4294967295 are reserved)"
+        ));
+    }
+    Ok(api::daemon::VsockSpec { cid })
+}
+
 /// Adds the vsock device, if any.
 pub fn attach(vm: &mut Vm, vsock: Option<&VsockConfig>) -> Result<(), vmm::Error> {
     match vsock {
@@ -54,6 +70,22 @@ pub fn attach(vm: &mut Vm, vsock: Option<&VsockConfig>) -> Result<(), vmm::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_create_takes_only_a_cid() {
+        assert_eq!(parse_vm_vsock("cid=42").unwrap().cid, 42);
+        for (bad, want) in [
+            ("cid=2", "reserved"),
+            ("cid=4294967295", "reserved"),
+            ("cid=x", "not a number"),
+            ("cid=3,socket=/tmp/s", "not a number"),
+            ("socket=/tmp/s", "not cid=N"),
+            ("3", "not cid=N"),
+        ] {
+            let e = parse_vm_vsock(bad).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn good_spec() {

@@ -420,10 +420,10 @@ fn parse_vsock(v: Option<&Value>) -> Result<Option<VsockConfig>, ConfigError> {
         return Ok(None);
     };
     let obj = check(v, "vsock", VSOCK)?;
-    let cid =
-        int(obj, "vsock", "cid", 3, u64::from(u32::MAX) - 1)?.ok_or(ConfigError::Missing {
-            field: "vsock.cid".into(),
-        })?;
+    let (lo, hi) = crate::vsock::CID_RANGE;
+    let cid = int(obj, "vsock", "cid", lo, hi)?.ok_or(ConfigError::Missing {
+        field: "vsock.cid".into(),
+    })?;
     let socket = opt_string(obj, "vsock", "socket")?
         .filter(|s| !s.is_empty())
         .ok_or(ConfigError::Missing {
