@@ -409,6 +409,56 @@ async fn the_cli_drives_the_daemon() {
     assert_eq!(code, Some(2));
     assert!(err.contains("already used"), "{err}");
     cli(&["delete", "nets"]);
+    // A vsock device and a balloon: the daemon places the socket in the VM's folder.
+    let (code, _, err) = cli(&[
+        "create",
+        "vs",
+        "--kernel",
+        "button",
+        "--memory",
+        "32M",
+        "--vsock",
+        "cid=5",
+        "--balloon",
+        "size=8M,deflate_on_oom=off",
+        "--start",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let socket = dir.join("state/vms/vs/vsock.sock");
+    let vmm = api::client::Client::new(dir.join("state/vms/vs/api.sock"));
+    let (_, info) = call(&vmm, "GET", "/api/v1/vm.info", None).await;
+    assert_eq!(info["config"]["vsock"]["cid"], 5, "{info}");
+    assert_eq!(
+        info["config"]["vsock"]["socket"].as_str(),
+        socket.to_str(),
+        "{info}"
+    );
+    assert_eq!(info["config"]["balloon"]["size"], 8 << 20, "{info}");
+    assert!(std::fs::metadata(&socket).is_ok(), "the VMM listens there");
+    let (_, out, _) = cli(&["show", "vs"]);
+    let want = format!("vsock   cid=5,socket={}", socket.display());
+    assert!(out.contains(&want), "{out}");
+    assert!(
+        out.contains("balloon size=8388608,deflate_on_oom=off,free_page_reporting=on"),
+        "{out}"
+    );
+    for (args, why) in [
+        (&["--vsock", "cid=2"][..], "reserved"),
+        (&["--vsock", "cid=5"][..], "\"vs\""),
+        (&["--vsock", "cid=6,socket=/tmp/v.sock"][..], "not a number"),
+        (&["--vsock", "socket=/tmp/v.sock"][..], "cid=N"),
+        (&["--balloon", "size=64M"][..], "larger than"),
+        (&["--balloon", "stats=on"][..], "unknown balloon option"),
+    ] {
+        let mut a = vec!["create", "vs2", "--kernel", "button", "--memory", "32M"];
+        a.extend_from_slice(args);
+        let (code, _, err) = cli(&a);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    cli(&["kill", "vs"]);
+    wait_vm(&d.client, "vs", 10, |v| state(v) == "stopped").await;
+    cli(&["delete", "vs"]);
     let (code, out, _) = cli(&["delete", "web"]);
     assert_eq!((code, out.trim()), (Some(0), "deleted web"));
     let (_, out, _) = cli(&["list", "--json"]);
