@@ -62,8 +62,9 @@ for i in $(seq 1 {n}); do
         --memory {MEM_MIB}M --cmdline '{CMDLINE}' >/dev/null || {{ cat $d/daemon.log; exit 10; }}
 done
 t0=$(now_cs)
-for i in $(seq 1 {n}); do "$THINVM" vm start vm$i >/dev/null & done
-wait
+pids=""
+for i in $(seq 1 {n}); do "$THINVM" vm start vm$i >/dev/null & pids="$pids $!"; done
+wait $pids
 logs=""
 for i in $(seq 1 {n}); do logs="$logs $d/state/vms/vm$i/console.log"; done
 wait_ready $logs || rc=1
@@ -73,8 +74,9 @@ echo "@@START kind=thinvmd n={n} cs=$((t1 - t0))@@"
 sleep {IDLE_SECS}
 mem_of "thinvm vmm" thinvmd
 "$THINVM" bench-api --socket $d/d.sock --requests 400
-for i in $(seq 1 {n}); do "$THINVM" vm stop vm$i --timeout 120 >/dev/null & done
-wait
+pids=""
+for i in $(seq 1 {n}); do "$THINVM" vm stop vm$i --timeout 120 >/dev/null & pids="$pids $!"; done
+wait $pids
 "$THINVM" vm list
 kill $dpid; wait $dpid 2>/dev/null
 exit ${{rc:-0}}
@@ -281,6 +283,8 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("bench-api"), "{d}");
+        // A bare `wait` would also wait for the daemon, which runs until the end.
+        assert!(!d.contains("\nwait\n"), "{d}");
         let b = plain_script("thinvm-balloon", 3);
         assert!(
             b.contains("--balloon") && b.contains("pkill -TERM -f \"thinvm run\""),
