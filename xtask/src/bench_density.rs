@@ -40,10 +40,17 @@ mem_of() {
 }
 wait_ready() { # files...
     t=0
-    for f in "$@"; do
-        until grep -q POWER-BUTTON-READY "$f" 2>/dev/null; do
-            t=$((t + 1)); [ $t -gt 3000 ] && { echo "not ready: $f"; return 1; }; sleep 0.2
-        done
+    while :; do
+        r=0
+        for f in "$@"; do grep -q POWER-BUTTON-READY "$f" 2>/dev/null && r=$((r + 1)); done
+        [ $r -eq $# ] && return 0
+        t=$((t + 1))
+        [ $((t % 50)) -eq 0 ] && echo "ready: $r of $# after $((t / 5)) s"
+        if [ $t -gt 3000 ]; then
+            echo "only $r of $# guests ready"; free -m; top -bn1 | head -20
+            return 1
+        fi
+        sleep 0.2
     done
 }
 "#;
@@ -61,13 +68,15 @@ for i in $(seq 1 {n}); do
     "$THINVM" vm create vm$i --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
         --memory {MEM_MIB}M --cmdline '{CMDLINE}' >/dev/null || {{ cat $d/daemon.log; exit 10; }}
 done
+echo "CREATED {n}"
 t0=$(now_cs)
 pids=""
 for i in $(seq 1 {n}); do "$THINVM" vm start vm$i >/dev/null & pids="$pids $!"; done
 wait $pids
+echo "STARTED {n}"
 logs=""
 for i in $(seq 1 {n}); do logs="$logs $d/state/vms/vm$i/console.log"; done
-wait_ready $logs || rc=1
+wait_ready $logs || {{ rc=1; tail -20 $d/daemon.log; }}
 t1=$(now_cs)
 echo "@@START kind=thinvmd n={n} cs=$((t1 - t0))@@"
 "$THINVM" vm list
