@@ -26,9 +26,10 @@ const IDLE_SECS: u32 = 20;
 /// Shell helpers shared by the scenarios: the time in centiseconds and the summed memory of
 /// the processes whose command line matches a pattern.
 const HELPERS: &str = r#"now_cs() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
-mem_of() {
+mem_of() { # KIND PID...
+    kind=$1; shift
     rss=0; anon=0; shmem=0; n=0
-    for p in $(pgrep -f "$1"); do
+    for p in "$@"; do
         s=/proc/$p/status
         [ -r $s ] || continue
         rss=$((rss + $(awk '/^VmRSS/ { print $2 }' $s)))
@@ -36,7 +37,7 @@ mem_of() {
         shmem=$((shmem + $(awk '/^RssShmem/ { print $2 }' $s)))
         n=$((n + 1))
     done
-    echo "@@MEM kind=$2 procs=$n rss_kb=$rss anon_kb=$anon shmem_kb=$shmem@@"
+    echo "@@MEM kind=$kind procs=$n rss_kb=$rss anon_kb=$anon shmem_kb=$shmem@@"
 }
 wait_ready() { # files...
     t=0
@@ -81,7 +82,7 @@ t1=$(now_cs)
 echo "@@START kind=thinvmd n={n} cs=$((t1 - t0))@@"
 "$THINVM" vm list
 sleep {IDLE_SECS}
-mem_of "thinvm vmm" thinvmd
+mem_of thinvmd $("$THINVM" vm list | awk 'NR > 1 && $5 ~ /^[0-9]+$/ {{ print $5 }}')
 "$THINVM" bench-api --socket $d/d.sock --requests 400
 pids=""
 for i in $(seq 1 {n}); do "$THINVM" vm stop vm$i --timeout 120 >/dev/null & pids="$pids $!"; done
@@ -95,38 +96,33 @@ exit ${{rc:-0}}
 
 /// `n` plain VMM processes of one kind, measured once idle, then ended with SIGTERM.
 fn plain_script(kind: &str, n: u32) -> String {
-    let (start, pattern) = match kind {
-        "thinvm-balloon" => (
-            format!(
-                "\"$THINVM\" run --testbed never --kernel \"$GUEST_BZIMAGE\" --initrd \
-                 \"$GUEST_INITRD\" --memory {MEM_MIB}M --balloon --cmdline '{CMDLINE}'"
-            ),
-            "thinvm run",
+    let start = match kind {
+        "thinvm-balloon" => format!(
+            "\"$THINVM\" run --testbed never --kernel \"$GUEST_BZIMAGE\" --initrd \
+             \"$GUEST_INITRD\" --memory {MEM_MIB}M --balloon --cmdline '{CMDLINE}'"
         ),
-        _ => (
-            format!(
-                "\"$QEMU\" -enable-kvm -M pc -nodefaults -cpu host -m {MEM_MIB} -smp 1 \
+        _ => format!(
+            "\"$QEMU\" -enable-kvm -M pc -nodefaults -cpu host -m {MEM_MIB} -smp 1 \
                  -object memory-backend-memfd,id=ram,size={MEM_MIB}M -machine memory-backend=ram \
                  -display none -serial stdio -no-reboot -kernel \"$GUEST_BZIMAGE\" \
                  -initrd \"$GUEST_INITRD\" -append '{CMDLINE}'"
-            ),
-            "qemu-system",
         ),
     };
     format!(
         r#"{HELPERS}
 d=/tmp/{kind}; mkdir -p $d
 t0=$(now_cs)
-for i in $(seq 1 {n}); do {start} </dev/null >$d/$i.log 2>&1 & done
+pids=""
+for i in $(seq 1 {n}); do {start} </dev/null >$d/$i.log 2>&1 & pids="$pids $!"; done
 logs=""
 for i in $(seq 1 {n}); do logs="$logs $d/$i.log"; done
 wait_ready $logs || rc=1
 t1=$(now_cs)
 echo "@@START kind={kind} n={n} cs=$((t1 - t0))@@"
 sleep {IDLE_SECS}
-mem_of "{pattern}" {kind}
-pkill -TERM -f "{pattern}"
-wait
+mem_of {kind} $pids
+kill -TERM $pids
+wait $pids
 exit ${{rc:-0}}
 "#
     )
@@ -285,24 +281,29 @@ mod tests {
     }
 
     #[test]
-    fn scripts_name_their_processes() {
+    fn scripts_measure_their_own_processes() {
         let d = daemon_script(3);
         assert!(
-            d.contains("seq 1 3") && d.contains("mem_of \"thinvm vmm\" thinvmd"),
+            d.contains("seq 1 3") && d.contains("mem_of thinvmd $("),
             "{d}"
         );
+        assert!(d.contains("{ print $5 }"), "{d}");
         assert!(d.contains("bench-api"), "{d}");
         // A bare `wait` would also wait for the daemon, which runs until the end.
         assert!(!d.contains("\nwait\n"), "{d}");
         let b = plain_script("thinvm-balloon", 3);
         assert!(
-            b.contains("--balloon") && b.contains("pkill -TERM -f \"thinvm run\""),
+            b.contains("--balloon") && b.contains("kill -TERM $pids"),
             "{b}"
         );
         let q = plain_script("qemu", 3);
         assert!(
-            q.contains("memory-backend-memfd") && q.contains("mem_of \"qemu-system\""),
+            q.contains("memory-backend-memfd") && q.contains("mem_of qemu $pids"),
             "{q}"
         );
+        // The outer machine's busybox has no pgrep or pkill.
+        for s in [&d, &b, &q] {
+            assert!(!s.contains("pgrep") && !s.contains("pkill"), "{s}");
+        }
     }
 }
