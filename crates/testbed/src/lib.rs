@@ -15,6 +15,7 @@ pub mod ldd;
 pub mod markers;
 pub mod outer;
 pub mod qemu;
+pub mod stall;
 mod testbed;
 pub mod vmlinux;
 

@@ -85,6 +85,10 @@ pub struct Captured {
     pub exit_code: Option<i32>,
     /// True if the overall timeout killed QEMU.
     pub killed: bool,
+    /// True if QEMU was ended because the machine stalled (no CPU time, an NMI did not help).
+    pub stalled: bool,
+    /// Stalls that an NMI ended.
+    pub revived: u32,
 }
 
 /// Runs `cmd` with the serial console on a pipe, copying it to `log` (and stderr if `echo`),
@@ -95,7 +99,10 @@ pub fn run_captured(
     timeout: Duration,
     echo: bool,
 ) -> Result<Captured, QemuError> {
-    cmd.args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+    // The monitor lets the stall watchdog look into (and kick) a halted outer machine.
+    let monitor = crate::stall::Monitor::new(&log.with_extension("monitor.sock"));
+    cmd.args(["-display", "none", "-serial", "stdio", "-monitor"])
+        .arg(monitor.qemu_arg())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -114,6 +121,8 @@ pub fn run_captured(
     let reader = spawn_copier(&mut child, file, echo);
     let deadline = Instant::now() + timeout;
     let mut killed = false;
+    let mut stalled = false;
+    let mut watch = crate::stall::Watch::new(Instant::now());
     let status = loop {
         if let Some(status) = child.try_wait().map_err(spawn_err)? {
             break status;
@@ -124,14 +133,59 @@ pub fn run_captured(
             killed = true;
             break child.wait().map_err(spawn_err)?;
         }
+        if let Some(ticks) = crate::stall::cpu_ticks(child.id()) {
+            match watch.observe(ticks, Instant::now()) {
+                crate::stall::Verdict::Alive => {}
+                crate::stall::Verdict::Stalled => kick(&monitor, log),
+                crate::stall::Verdict::Dead => {
+                    tracing::warn!("outer machine stalled and an NMI did not revive it: ending it");
+                    note(
+                        log,
+                        "outer machine stalled; the NMI did not revive it; ended",
+                    );
+                    let _ = child.kill();
+                    killed = true;
+                    stalled = true;
+                    break child.wait().map_err(spawn_err)?;
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     let console = reader.join().unwrap_or_default();
+    if watch.revived > 0 {
+        tracing::warn!(
+            "outer machine stalled and was revived by an NMI {} time(s)",
+            watch.revived
+        );
+    }
+    let _ = std::fs::remove_file(log.with_extension("monitor.sock"));
     Ok(Captured {
         console,
         exit_code: status.code(),
         killed,
+        stalled,
+        revived: watch.revived,
     })
+}
+
+/// A stalled outer machine: records the CPU and local APIC state in the log, then sends an NMI.
+fn kick(monitor: &crate::stall::Monitor, log: &Path) {
+    tracing::warn!(
+        "outer QEMU used no CPU for {:?}: recording its state and sending an NMI",
+        crate::stall::STALL_AFTER
+    );
+    let state = monitor
+        .commands(&["info registers", "info lapic", "info pic", "nmi"])
+        .unwrap_or_else(|e| format!("monitor: {e}"));
+    note(log, &format!("outer machine stalled; monitor:\n{state}"));
+}
+
+/// Appends a testbed note to the console log (the copier thread appends to the same file).
+fn note(log: &Path, text: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
+        let _ = writeln!(f, "\n# testbed: {text}");
+    }
 }
 
 /// Runs `cmd` with the serial console (and QEMU's monitor mux) on this terminal: stdin is

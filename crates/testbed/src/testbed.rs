@@ -207,6 +207,14 @@ impl Testbed {
             if status == Status::NoResult {
                 log_text.push_str(&format!("# testbed: no result: {fault}\n"));
             }
+            if cap.revived > 0 {
+                log_text.push_str(&format!(
+                    "# testbed: the outer machine stalled and an NMI revived it {} time(s) \
+                     (monitor output in {})\n",
+                    cap.revived,
+                    log.display()
+                ));
+            }
             if let Some(first) = retry_of {
                 let note = format!(
                     "# testbed: retried after a testbed fault in the first outer boot ({})\n",
@@ -298,6 +306,8 @@ impl Testbed {
 fn fault_note(report: &markers::ConsoleReport, cap: &qemu::Captured) -> String {
     if let Some(e) = &report.outer_error {
         format!("outer machine error: {e}")
+    } else if cap.stalled {
+        "outer machine stalled (no CPU time; an NMI did not revive it) and was ended".into()
     } else if cap.killed {
         "outer QEMU hit the overall timeout and was killed".into()
     } else if !report.ready {

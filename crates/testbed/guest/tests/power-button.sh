@@ -9,7 +9,7 @@ if [ -z "$name" ]; then
     exit 1
 fi
 ev=$(basename "$(dirname "$(dirname "$name")")")
-echo "POWER-BUTTON-READY $ev"
+echo "POWER-BUTTON-READY $ev free_kb=$(awk '/^MemFree/ { print $2 }' /proc/meminfo)"
 head -c 24 "/dev/input/$ev" >/dev/null
 echo "POWER-BUTTON-PRESSED"
 poweroff -f
