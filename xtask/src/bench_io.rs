@@ -251,7 +251,7 @@ fn report(vmms: &[(&str, String)], samples: &BTreeMap<(String, String), Vec<(f64
         "test", "unit"
     );
     for (label, _) in vmms {
-        print!("{label:>12}");
+        print!("{label:>14}");
     }
     for (a, b) in RATIOS {
         print!("  {a}/{b}");
@@ -261,10 +261,10 @@ fn report(vmms: &[(&str, String)], samples: &BTreeMap<(String, String), Vec<(f64
         print!("{test:<20}{unit:>8}");
         for (label, _) in vmms {
             match med(label, test, unit) {
-                Some(m) => print!("{m:>12.0}"),
+                Some(m) => print!("{m:>14.0}"),
                 None => {
                     complete = false;
-                    print!("{:>12}", "-")
+                    print!("{:>14}", "-")
                 }
             }
         }
