@@ -16,7 +16,8 @@ echo "== 2/3 end to end in the nested testbed"
 cargo run --profile ci -q -p xtask -- e2e
 # virtio: an ext4 disk written by the guest (raw and a qcow2 overlay), read-only disk, rng.
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test virtio_e2e
-# virtio-net: guest and outer machine ping each other over a TAP, 16 MiB each way by TCP (sha256).
+# virtio-net: guest and outer machine ping each other over a TAP, 16 MiB each way by TCP (sha256),
+# on the userspace data path and with vhost=on.
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test net_e2e
 # virtio-vsock: socat in guest and outer machine, 16 MiB each way through CONNECT and PATH_PORT (sha256).
 THINVM_E2E=1 cargo test --profile ci -p thinvm --test vsock_e2e

@@ -1,6 +1,6 @@
-//! `cargo xtask bench io`: disk and network throughput of thinvm beside QEMU (`-M pc`,
-//! virtio-blk-pci and virtio-net-pci, vhost-net off and on), in one outer boot, rounds
-//! interleaved.
+//! `cargo xtask bench io`: disk and network throughput of thinvm (its network card on the
+//! userspace data path, and with `vhost=on`) beside QEMU (`-M pc`, virtio-blk-pci and
+//! virtio-net-pci, vhost-net off and on), in one outer boot, rounds interleaved.
 //!
 //! Every VMM gets the same guest (Debian's kernel, the busybox initramfs, 256 MiB, 1 vCPU), the
 //! same 256 MiB raw disk file on the outer machine's tmpfs (so the figures are the virtio path,
@@ -35,11 +35,14 @@ const GUEST_MODULES: [&str; 9] = [
 
 /// The VMMs compared: label and the command line that starts it on TAP `$TAP`.
 fn vmms() -> Vec<(&'static str, String)> {
-    let thinvm = format!(
-        "\"$THINVM\" run --testbed never --kernel \"$GUEST_BZIMAGE\" --initrd \"$GUEST_INITRD\" \
-         --cpus 1 --memory {MEM_MIB}M --disk path=/tmp/bench.raw \
-         --disk path=/tmp/tools.img,readonly=on --net tap=$TAP,mac={MAC} --cmdline \"$CMDLINE\""
-    );
+    let thinvm = |net_extra: &str| {
+        format!(
+            "\"$THINVM\" run --testbed never --kernel \"$GUEST_BZIMAGE\" \
+             --initrd \"$GUEST_INITRD\" --cpus 1 --memory {MEM_MIB}M --disk path=/tmp/bench.raw \
+             --disk path=/tmp/tools.img,readonly=on --net tap=$TAP,mac={MAC}{net_extra} \
+             --cmdline \"$CMDLINE\""
+        )
+    };
     let qemu = |vhost: &str| {
         format!(
             "\"$QEMU\" -enable-kvm -M pc -nodefaults -cpu host -m {MEM_MIB} -smp 1 \
@@ -54,7 +57,8 @@ fn vmms() -> Vec<(&'static str, String)> {
         )
     };
     vec![
-        ("thinvm", thinvm),
+        ("thinvm", thinvm("")),
+        ("thinvm-vhost", thinvm(",vhost=on")),
         ("qemu", qemu("off")),
         ("qemu-vhost", qemu("on")),
     ]
@@ -223,7 +227,15 @@ const TESTS: [(&str, &str); 8] = [
     ("h2g", "Mbit/s"),
 ];
 
-/// Prints the medians and the ratios thinvm / each peer; true if no figure is missing.
+/// The ratios printed: (numerator, denominator) labels.
+const RATIOS: [(&str, &str); 4] = [
+    ("thinvm", "qemu"),
+    ("thinvm", "qemu-vhost"),
+    ("thinvm-vhost", "qemu-vhost"),
+    ("thinvm-vhost", "thinvm"),
+];
+
+/// Prints the medians and the ratios of [`RATIOS`]; true if no figure is missing.
 fn report(vmms: &[(&str, String)], samples: &BTreeMap<(String, String), Vec<(f64, f64)>>) -> bool {
     let med = |label: &str, test: &str, unit: &str| {
         let v = samples.get(&(label.to_string(), test.to_string()))?;
@@ -239,24 +251,28 @@ fn report(vmms: &[(&str, String)], samples: &BTreeMap<(String, String), Vec<(f64
         "test", "unit"
     );
     for (label, _) in vmms {
-        print!("{label:>12}");
+        print!("{label:>14}");
     }
-    println!("  thinvm/qemu  thinvm/qemu-vhost");
+    for (a, b) in RATIOS {
+        print!("  {a}/{b}");
+    }
+    println!();
     for (test, unit) in TESTS {
         print!("{test:<20}{unit:>8}");
         for (label, _) in vmms {
             match med(label, test, unit) {
-                Some(m) => print!("{m:>12.0}"),
+                Some(m) => print!("{m:>14.0}"),
                 None => {
                     complete = false;
-                    print!("{:>12}", "-")
+                    print!("{:>14}", "-")
                 }
             }
         }
-        for peer in ["qemu", "qemu-vhost"] {
-            match (med("thinvm", test, unit), med(peer, test, unit)) {
-                (Some(a), Some(b)) if b > 0.0 => print!("{:>13.2}", a / b),
-                _ => print!("{:>13}", "-"),
+        for (num, den) in RATIOS {
+            let w = num.len() + den.len() + 3;
+            match (med(num, test, unit), med(den, test, unit)) {
+                (Some(a), Some(b)) if b > 0.0 => print!("{:>w$.2}", a / b),
+                _ => print!("{:>w$}", "-"),
             }
         }
         println!();
@@ -289,9 +305,16 @@ mod tests {
     fn scripts_label_the_guest_lines_and_use_the_tap() {
         let v = vmms();
         let labels: Vec<&str> = v.iter().map(|(l, _)| *l).collect();
-        assert_eq!(labels, ["thinvm", "qemu", "qemu-vhost"]);
-        assert!(v[1].1.contains("vhost=off") && v[2].1.contains("vhost=on"));
-        let s = script("qemu", &v[1].1, "tvio01", 5);
+        assert_eq!(labels, ["thinvm", "thinvm-vhost", "qemu", "qemu-vhost"]);
+        assert!(!v[0].1.contains("vhost") && v[1].1.contains(",vhost=on "));
+        assert!(v[2].1.contains("vhost=off") && v[3].1.contains("vhost=on"));
+        for (num, den) in RATIOS {
+            assert!(
+                labels.contains(&num) && labels.contains(&den),
+                "{num}/{den}"
+            );
+        }
+        let s = script("qemu", &v[2].1, "tvio01", 5);
         assert!(s.contains("TAP=tvio01"), "{s}");
         assert!(s.contains("label=qemu"), "{s}");
         assert!(s.contains("thinvm.bench_secs=5"), "{s}");

@@ -76,7 +76,7 @@ enum BenchCmd {
         no_thinvm: bool,
     },
     /// Disk (fio) and network (iperf3) throughput in the guest: thinvm vs QEMU with
-    /// virtio-blk-pci and virtio-net-pci, vhost-net off and on.
+    /// virtio-blk-pci and virtio-net-pci, vhost-net off and on; thinvm with and without vhost=on.
     Io {
         /// Interleaved rounds.
         #[arg(long, default_value_t = 3)]

@@ -1,10 +1,12 @@
-//! `--net tap=NAME[,mac=MAC]` or `--net fd=N[,mac=MAC]`: the virtio-net cards of `thinvm run`.
+//! `--net tap=NAME[,mac=MAC][,vhost=on|off]` or `--net fd=N[,...]`: the virtio-net cards of
+//! `thinvm run`.
 //!
 //! `tap=NAME` opens the TAP, creating it when it does not exist (which needs CAP_NET_ADMIN);
 //! `fd=N` takes a TAP descriptor inherited from the parent (opened with IFF_VNET_HDR). Without
 //! `mac=`, the guest's MAC is locally administered and derived from the TAP's name (FNV-1a), so
 //! the same TAP gives the same MAC from one run to the next. Cards get PCI slots after the disks,
-//! in command-line order.
+//! in command-line order. `vhost=on` lets the kernel's vhost-net serve the card's rings (a host
+//! without `/dev/vhost-net` is an error at start-up, never a silent fallback); off by default.
 
 use std::collections::HashSet;
 
@@ -18,7 +20,9 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
         tap: None,
         fd: None,
         mac: None,
+        vhost: false,
     };
+    let mut vhost_given = false;
     for part in s.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -42,7 +46,16 @@ pub fn parse_net(s: &str) -> Result<NetConfig, String> {
             }
             "mac" if cfg.mac.is_some() => return Err(dup()),
             "mac" => cfg.mac = Some(parse_mac(value)?),
-            _ => return Err(format!("unknown net option `{key}` (tap, fd, mac)")),
+            "vhost" if vhost_given => return Err(dup()),
+            "vhost" => {
+                vhost_given = true;
+                cfg.vhost = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("vhost `{value}`: expected on or off")),
+                };
+            }
+            _ => return Err(format!("unknown net option `{key}` (tap, fd, mac, vhost)")),
         }
     }
     match (&cfg.tap, cfg.fd) {
@@ -67,8 +80,12 @@ pub fn check_unique(nets: &[NetConfig]) -> Result<(), String> {
 }
 
 /// A `--net` of `thinvm vm create` as the daemon stores it: by TAP name only (the daemon's
-/// VMM cannot inherit the CLI's descriptors).
+/// VMM cannot inherit the CLI's descriptors), and without vhost (the daemon's VM definitions
+/// have no such field).
 pub fn net_spec(n: &NetConfig) -> Result<api::daemon::NetSpec, String> {
+    if n.vhost {
+        return Err("vhost=on is not supported by the daemon's VM definitions".into());
+    }
     let tap = n
         .tap
         .clone()
@@ -86,6 +103,7 @@ pub fn from_api(n: &api::ch::NetConfig) -> Result<NetConfig, String> {
         tap: Some(n.tap.clone()),
         fd: None,
         mac: n.mac.as_deref().map(parse_mac).transpose()?,
+        vhost: false,
     })
 }
 
@@ -107,7 +125,14 @@ mod tests {
         assert_eq!(n.tap.as_deref(), Some("tap0"));
         assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         let n = parse_net("fd=7").unwrap();
-        assert_eq!((n.tap, n.fd, n.mac), (None, Some(7), None));
+        assert_eq!((n.tap, n.fd, n.mac, n.vhost), (None, Some(7), None, false));
+        assert!(parse_net("tap=tap0,vhost=on").unwrap().vhost);
+        assert!(!parse_net("tap=tap0,vhost=off").unwrap().vhost);
+        assert!(
+            parse_net("fd=5,mac=02:00:00:00:00:01,vhost=on")
+                .unwrap()
+                .vhost
+        );
     }
 
     #[test]
@@ -129,6 +154,11 @@ mod tests {
             ("tap=a,mac=02:00:00:00:00:zz", "six hex bytes"),
             ("tap=a,mac=2:00:00:00:00:001", "six hex bytes"),
             ("tap=a,queues=2", "unknown net option `queues`"),
+            ("tap=a,vhost=yes", "vhost `yes`: expected on or off"),
+            ("tap=a,vhost=", "vhost ``: expected on or off"),
+            ("tap=a,vhost=ON", "expected on or off"),
+            ("tap=a,vhost=on,vhost=off", "`vhost` is given twice"),
+            ("vhost=on", "missing"),
         ] {
             let err = parse_net(spec).unwrap_err();
             assert!(err.contains(want), "{spec}: {err}");
@@ -147,6 +177,9 @@ mod tests {
         assert!(net_spec(&parse_net("fd=5").unwrap())
             .unwrap_err()
             .contains("tap=NAME"));
+        assert!(net_spec(&parse_net("tap=t1,vhost=on").unwrap())
+            .unwrap_err()
+            .contains("vhost=on"));
         let back = from_api(&api::ch::NetConfig {
             tap: "tap0".into(),
             mac: s.mac,

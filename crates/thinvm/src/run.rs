@@ -53,8 +53,9 @@ pub struct RunArgs {
     /// Add a virtio-rng device fed from the host's getrandom (the guest's /dev/hwrng).
     #[arg(long)]
     pub rng: bool,
-    /// A virtio-net card: `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]` (an inherited TAP); repeatable.
-    /// Without mac=, a locally administered MAC derived from the TAP's name.
+    /// A virtio-net card: `tap=NAME[,mac=MAC][,vhost=on]` or `fd=N[,...]` (an inherited TAP);
+    /// repeatable. Without mac=, a locally administered MAC derived from the TAP's name;
+    /// vhost=on lets the kernel's vhost-net serve the rings (needs /dev/vhost-net).
     #[arg(long = "net", value_name = "SPEC", value_parser = crate::net_arg::parse_net)]
     pub nets: Vec<vmm::NetConfig>,
     /// A virtio-vsock device: `cid=N,socket=PATH`. The VMM listens on the Unix socket PATH: a

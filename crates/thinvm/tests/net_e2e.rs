@@ -5,6 +5,10 @@
 //! of random data go each way over TCP (busybox nc; checksum and TSO offloads negotiated) and
 //! arrive with the sha256 they were sent with.
 //!
+//! The same scenario runs twice in one outer boot: on the userspace data path, then with
+//! `vhost=on` (the outer machine loads `vhost` and `vhost_net`), where the outer machine also
+//! checks that the kernel's `vhost-<tid>` worker thread of the VMM exists.
+//!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
 mod e2e_support;
@@ -56,13 +60,13 @@ cat /proc/net/dev
 "#;
 
 /// The outer side: thinvm in the background, the TAP addressed once thinvm made it, the
-/// guest pinged once it says its side is up.
+/// guest pinged once it says its side is up. `$NET_EXTRA` is appended to the `--net` value.
 const OUTER_SCRIPT: &str = r#"
 printf '#!/bin/sh\ncat > /tmp/g2h\n' > /tmp/recv.sh
 chmod +x /tmp/recv.sh
 timeout 240 nc -l -p 5001 -e /tmp/recv.sh &
 "$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
-    --memory 256M --net tap=tvnet0,mac=02:54:00:12:34:56 \
+    --memory 256M --net tap=tvnet0,mac=02:54:00:12:34:56$NET_EXTRA \
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-net' </dev/null >/tmp/out 2>/tmp/err &
 pid=$!
 i=0
@@ -76,12 +80,19 @@ until grep -q GUEST-NET-UP /tmp/out; do
     i=$((i + 1)); [ $i -ge 1200 ] && break; sleep 0.1
 done
 sleep 1
+# vhost-net's kernel worker is named after the VMM thread that became its owner.
+vh=no
+for t in /proc/$pid/task/*; do
+    grep -qx "vhost-${t##*/}" /proc/[0-9]*/comm 2>/dev/null && vh=yes
+done
+echo "VHOST-THREAD=$vh"
 if ping -c 3 -W 2 10.213.9.2; then echo "HOST-PING=ok"; else echo "HOST-PING=fail"; fi
 dd if=/dev/urandom of=/tmp/hblob bs=1M count=16 2>/dev/null
 echo "H2G-SENT-SHA=$(sha256sum /tmp/hblob | cut -d' ' -f1)"
 timeout 180 nc 10.213.9.2 5002 < /tmp/hblob
 wait $pid
 rc=$?
+ip link del tvnet0 2>/dev/null
 cat /tmp/out
 echo "G2H-GOT-SHA=$(sha256sum /tmp/g2h | cut -d' ' -f1)"
 sed 's/^/STDERR: /' /tmp/err
@@ -97,7 +108,7 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
     let mut tests = testbed::images::builtin_guest_tests();
     tests.push(Script::new("virtio-net", GUEST_SCRIPT));
     let mut outer_modules = OuterSpec::default().modules;
-    outer_modules.push("tun".into());
+    outer_modules.extend(["tun", "vhost", "vhost_net"].map(String::from));
     let config = TestbedConfig {
         guest: GuestSpec {
             modules: guest_modules(&["failover", "net_failover", "virtio_net"]),
@@ -116,19 +127,30 @@ fn virtio_net_pings_both_ways_in_the_testbed() {
         echo: std::env::var_os("THINVM_E2E_ECHO").is_some(),
         ..OuterOptions::default()
     };
-    let scenarios = [Scenario {
-        name: "virtio-net-ping".into(),
-        script: OUTER_SCRIPT.into(),
-        timeout: Duration::from_secs(500),
-    }];
+    let scenarios =
+        [("virtio-net-ping", ""), ("virtio-net-vhost", ",vhost=on")].map(|(name, extra)| {
+            Scenario {
+                name: name.into(),
+                script: format!("NET_EXTRA='{extra}'\n{OUTER_SCRIPT}"),
+                timeout: Duration::from_secs(500),
+            }
+        });
     let results = tb.run(&opts, &scenarios).expect("outer run");
-    let r = &results[0];
+    assert_eq!(results.len(), 2);
+    for (r, vhost) in results.iter().zip(["no", "yes"]) {
+        check(r, vhost);
+    }
+}
+
+/// The figures of one scenario; `vhost` is whether the VMM must have a vhost worker.
+fn check(r: &testbed::ScenarioResult, vhost: &str) {
     let log = &r.log;
     let ctx = format!("{} (console {}):\n{log}", r.name, r.console_log.display());
     assert_eq!(r.status, Status::Passed, "{ctx}");
     assert_eq!(value(log, "VMM-RC"), Some("0"), "{ctx}");
     assert_eq!(value(log, "NET-MAC"), Some(MAC), "{ctx}");
     assert_eq!(value(log, "GUEST-PING"), Some("ok"), "{ctx}");
+    assert_eq!(value(log, "VHOST-THREAD"), Some(vhost), "{ctx}");
     assert_eq!(value(log, "HOST-PING"), Some("ok"), "{ctx}");
     let echos: u32 = value(log, "GUEST-IN-ECHOS")
         .and_then(|v| v.parse().ok())

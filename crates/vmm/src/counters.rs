@@ -14,6 +14,8 @@ use devices::virtio::net::NetStats;
 enum Stats {
     Block(Arc<BlockStats>),
     Net(Arc<NetStats>),
+    /// A device whose I/O the VMM does not see (a vhost-net card): named, no counters.
+    Unmeasured,
 }
 
 /// The counters of every named device of a VM (cheap to clone; the values stay live).
@@ -37,10 +39,13 @@ impl DeviceCounters {
         name
     }
 
-    /// Registers a net device; returns its name (`_netN`).
-    pub(crate) fn add_net(&mut self, stats: Arc<NetStats>) -> String {
+    /// Registers a net device; returns its name (`_netN`). A card without `stats` (vhost-net:
+    /// the kernel moves its frames) keeps its name and number but reports no counters, rather
+    /// than zeros that were never measured.
+    pub(crate) fn add_net(&mut self, stats: Option<Arc<NetStats>>) -> String {
         let name = self.next_name("_net");
-        self.devices.push((name.clone(), Stats::Net(stats)));
+        let stats = stats.map_or(Stats::Unmeasured, Stats::Net);
+        self.devices.push((name.clone(), stats));
         name
     }
 
@@ -63,6 +68,7 @@ impl DeviceCounters {
                         ("tx_bytes", get(&s.tx_bytes)),
                         ("tx_frames", get(&s.tx_frames)),
                     ],
+                    Stats::Unmeasured => Vec::new(),
                 };
                 (name.clone(), values)
             })
@@ -81,7 +87,7 @@ mod tests {
         let n = Arc::new(NetStats::default());
         assert_eq!(c.add_block(b.clone()), "_disk0");
         assert_eq!(c.add_block(Arc::default()), "_disk1");
-        assert_eq!(c.add_net(n.clone()), "_net2");
+        assert_eq!(c.add_net(Some(n.clone())), "_net2");
         let snapshot = c.clone();
         b.read_bytes.fetch_add(4096, Ordering::Relaxed);
         n.tx_frames.fetch_add(3, Ordering::Relaxed);
@@ -92,5 +98,15 @@ mod tests {
         assert_eq!(g[2].0, "_net2");
         assert!(g[2].1.contains(&("tx_frames", 3)));
         assert!(g[2].1.contains(&("rx_bytes", 0)));
+    }
+
+    #[test]
+    fn a_vhost_card_is_named_but_reports_nothing() {
+        let mut c = DeviceCounters::default();
+        assert_eq!(c.add_net(None), "_net0");
+        assert_eq!(c.add_net(Some(Arc::default())), "_net1");
+        let g = c.groups();
+        assert_eq!(g[0], ("_net0".to_string(), Vec::new()));
+        assert_eq!(g[1].1.len(), 4);
     }
 }

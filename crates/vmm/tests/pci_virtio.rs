@@ -441,3 +441,31 @@ fn vsock_is_added_once_with_a_valid_cid_and_a_usable_socket() {
     assert!(!socket.exists(), "the socket goes with the VM");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn vhost_net_is_used_where_the_host_has_it_and_refused_clearly_where_not() {
+    let mut vm = build_vm();
+    let net = vmm::NetConfig {
+        tap: Some(format!("tvvh{}", std::process::id() % 100_000)),
+        fd: None,
+        mac: None,
+        vhost: true,
+    };
+    if devices::virtio::net::Tap::open(net.tap.as_deref().unwrap()).is_err() {
+        eprintln!("skipped: cannot create a TAP here (needs root and /dev/net/tun)");
+        return;
+    }
+    let r = vm.pci().add_net(&net);
+    if std::path::Path::new("/dev/vhost-net").exists() {
+        r.expect("vhost-net card on a host with /dev/vhost-net");
+        // Named, but no per-frame counters: the kernel moves the frames.
+        let groups = vm.pci().counters().groups();
+        assert_eq!(groups, vec![("_net0".to_string(), Vec::new())]);
+    } else {
+        let err = r.unwrap_err().to_string();
+        assert!(
+            err.contains("/dev/vhost-net") && err.contains("vhost_net module"),
+            "{err}"
+        );
+    }
+}

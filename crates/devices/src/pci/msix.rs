@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// Capability ID of MSI-X.
 pub const MSIX_CAP_ID: u8 = 0x11;
 /// Length of the MSI-X capability.
@@ -35,6 +37,13 @@ pub trait MsiSink: Send + Sync {
     fn set_route(&self, vector: u16, msg: MsiMessage) -> std::io::Result<()>;
     /// Delivers `vector` (its route was set before).
     fn fire(&self, vector: u16) -> std::io::Result<()>;
+    /// An eventfd whose every write delivers `vector` without passing through this MSI-X
+    /// state (a KVM irqfd), for back-ends that run outside the VMM (vhost); `None` when the
+    /// sink has none. Writes to it are not held back while the vector is masked.
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        let _ = vector;
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -175,6 +184,16 @@ impl Msix {
                 *w &= !(1 << (v % 64));
             }
         }
+    }
+
+    /// The sink's eventfd for `vector` (see [`MsiSink::irqfd`]); its route is pushed now if the
+    /// vector is deliverable, as it is on every unmask.
+    pub fn irqfd(&mut self, vector: u16) -> Option<EventFd> {
+        if usize::from(vector) >= self.entries.len() {
+            return None;
+        }
+        self.sync(vector);
+        self.sink.irqfd(vector)
     }
 
     /// Counters so far.

@@ -156,3 +156,48 @@ fn table_reads_and_bad_accesses() {
     m.trigger(9);
     assert_eq!(m.stats().dropped, 1);
 }
+
+/// A sink with one eventfd per vector, as the VMM's irqfds.
+struct WithIrqfds {
+    rec: Recorder,
+    fds: Vec<EventFd>,
+}
+
+impl MsiSink for WithIrqfds {
+    fn set_route(&self, vector: u16, msg: MsiMessage) -> std::io::Result<()> {
+        self.rec.set_route(vector, msg)
+    }
+    fn fire(&self, vector: u16) -> std::io::Result<()> {
+        self.rec.fire(vector)
+    }
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        self.fds.get(usize::from(vector))?.try_clone().ok()
+    }
+}
+
+#[test]
+fn irqfd_is_the_sinks_and_its_route_is_pushed_first() {
+    let sink = Arc::new(WithIrqfds {
+        rec: Recorder::default(),
+        fds: (0..2).map(|_| EventFd::new(0).unwrap()).collect(),
+    });
+    let mut m = Msix::new(2, sink.clone());
+    // A sink without eventfds has none to give.
+    assert!(setup(2).0.irqfd(0).is_none());
+    assert!(m.irqfd(2).is_none(), "no such vector");
+    program(&mut m, 1, 0x42);
+    m.set_control(0x8000);
+    // Masked: the eventfd is given, but no route yet (it is pushed on unmask).
+    let fd = m.irqfd(1).unwrap();
+    assert!(sink.rec.routes.lock().unwrap().is_empty());
+    w32(&mut m, 16 + 12, 0);
+    assert_eq!(sink.rec.routes.lock().unwrap().len(), 1);
+    fd.write(1).unwrap();
+    assert_eq!(
+        sink.fds[1].read().unwrap(),
+        1,
+        "the same eventfd as the sink's"
+    );
+    // Writing the eventfd does not pass through the MSI-X state.
+    assert_eq!(m.stats().fired, 0);
+}

@@ -85,6 +85,13 @@ pub enum InterruptKind {
 pub trait VirtioInterrupt: Send + Sync {
     /// Raises the interrupt of `kind`.
     fn trigger(&self, kind: InterruptKind) -> io::Result<()>;
+    /// An eventfd that raises the interrupt of `kind` when written, for a back-end outside the
+    /// VMM (vhost): the MSI-X vector the driver chose for it, as a KVM irqfd underneath. `None`
+    /// when the transport has none (no vector assigned, or no such eventfd).
+    fn irqfd(&self, kind: InterruptKind) -> Option<EventFd> {
+        let _ = kind;
+        None
+    }
 }
 
 /// Why a device could not be activated.
@@ -99,6 +106,15 @@ pub enum ActivateError {
         got: usize,
         /// Queues expected.
         want: usize,
+    },
+    /// The device's back-end refused the configuration (a vhost ioctl failed, or a ring the
+    /// driver set up cannot be given to it).
+    #[error("{device}: {reason}")]
+    Backend {
+        /// Device name.
+        device: &'static str,
+        /// What failed.
+        reason: String,
     },
     /// The worker thread or an eventfd could not be made.
     #[error("{device}: cannot start its worker: {source}")]

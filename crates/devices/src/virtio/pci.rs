@@ -107,6 +107,20 @@ impl VirtioInterrupt for TransportInterrupt {
         }
         Ok(())
     }
+
+    fn irqfd(&self, kind: InterruptKind) -> Option<EventFd> {
+        let vector = match kind {
+            InterruptKind::Config => self.msix_config.load(Ordering::SeqCst),
+            InterruptKind::Queue(q) => self
+                .queue_vectors
+                .get(usize::from(q))?
+                .load(Ordering::SeqCst),
+        };
+        if vector == NO_VECTOR {
+            return None;
+        }
+        lock(&self.msix).irqfd(vector)
+    }
 }
 
 /// Counters of the transport.

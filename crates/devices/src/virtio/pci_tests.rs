@@ -326,3 +326,42 @@ fn config_changes_bump_the_generation_and_raise_the_config_vector() {
     );
     assert_eq!(*msi.fired.lock().unwrap(), vec![1]);
 }
+
+/// A sink with an eventfd per vector (the VMM's irqfds).
+struct IrqfdSink(Vec<EventFd>);
+
+impl MsiSink for IrqfdSink {
+    fn set_route(&self, _vector: u16, _msg: MsiMessage) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn fire(&self, _vector: u16) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn irqfd(&self, vector: u16) -> Option<EventFd> {
+        self.0.get(usize::from(vector))?.try_clone().ok()
+    }
+}
+
+#[test]
+fn a_queues_irqfd_is_the_one_of_the_vector_the_driver_chose() {
+    let ring = TestRing::new(8);
+    let sink = Arc::new(IrqfdSink(
+        (0..2).map(|_| EventFd::new(0).unwrap()).collect(),
+    ));
+    let slot = Arc::new(Mutex::new(None));
+    let dev = Box::new(ConfigDev(slot.clone()));
+    let mut dev = VirtioPciDevice::new(dev, ring.mem.clone(), sink.clone(), BAR).unwrap();
+    let irq = slot.lock().unwrap().clone().unwrap();
+    // No vector chosen yet (NO_VECTOR after reset), and no such queue.
+    assert!(irq.irqfd(InterruptKind::Queue(0)).is_none());
+    assert!(irq.irqfd(InterruptKind::Queue(3)).is_none());
+    dev.write_bar(0, 0x16, &0u16.to_le_bytes()); // queue_select 0
+    dev.write_bar(0, 0x1a, &1u16.to_le_bytes()); // queue_msix_vector 1
+    let fd = irq
+        .irqfd(InterruptKind::Queue(0))
+        .expect("vector 1's eventfd");
+    fd.write(1).unwrap();
+    assert_eq!(sink.0[1].read().unwrap(), 1);
+    dev.write_bar(0, 0x1a, &NO_VECTOR.to_le_bytes());
+    assert!(irq.irqfd(InterruptKind::Queue(0)).is_none());
+}

@@ -5,13 +5,20 @@
 //! backend, whose offloads are set from the features the guest accepted at activation.
 //! Mergeable rx buffers are not offered: an rx chain too small for a frame gets nothing and the
 //! frame is dropped and counted.
+//!
+//! With [`Net::with_vhost`] the kernel's vhost-net serves the rings instead of the worker
+//! ([`vhost`]); the device then also offers what the kernel implements of mergeable rx buffers
+//! and indirect descriptors, and counts no frames (the VMM never sees them).
 
 mod frame;
 pub mod tap;
+pub mod vhost;
+mod vhost_dev;
 mod worker;
 
 use std::io;
 use std::os::fd::RawFd;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +32,8 @@ use super::{
 };
 pub use frame::{rx_scatter, tx_gather, FrameError};
 pub use tap::{Tap, TapError};
+pub use vhost::{VhostError, VHOST_NET_PATH};
+pub use vhost_dev::VHOST_RING_FEATURES;
 
 /// Size of the virtio-net header (`virtio_net_hdr_v1`, with `num_buffers`).
 pub const HDR_LEN: usize = 12;
@@ -38,6 +47,8 @@ const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 pub const F_CSUM: u64 = 1 << 0;
 /// Feature: the driver handles partial checksums (host to guest).
 pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// Feature: the driver can merge rx buffers (offered only with vhost-net).
+pub const F_MRG_RXBUF: u64 = 1 << 15;
 /// Feature: the device has a MAC address in its config.
 pub const F_MAC: u64 = 1 << 5;
 /// Feature: the driver takes TCPv4 segments.
@@ -103,6 +114,7 @@ pub struct Net {
     acked: u64,
     stats: Arc<NetStats>,
     worker: Option<worker::NetWorker>,
+    vhost: Option<vhost_dev::VhostMode>,
 }
 
 impl Net {
@@ -114,7 +126,27 @@ impl Net {
             acked: 0,
             stats: Arc::default(),
             worker: None,
+            vhost: None,
         }
+    }
+
+    /// A device whose rings the kernel's vhost-net (at `vhost_path`, normally
+    /// [`VHOST_NET_PATH`]) serves, on the TAP `backend`; fails when vhost-net cannot be opened
+    /// or lacks VIRTIO_F_VERSION_1.
+    pub fn with_vhost(
+        backend: Box<dyn NetBackend>,
+        mac: [u8; 6],
+        vhost_path: &Path,
+    ) -> Result<Self, VhostError> {
+        let mode = vhost_dev::VhostMode::probe(vhost_path)?;
+        let mut net = Net::new(backend, mac);
+        net.vhost = Some(mode);
+        Ok(net)
+    }
+
+    /// Whether the kernel's vhost-net serves the rings (its frames are not counted).
+    pub fn uses_vhost(&self) -> bool {
+        self.vhost.is_some()
     }
 
     /// The device's counters.
@@ -154,7 +186,11 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        F_VERSION_1 | F_RING_EVENT_IDX | F_MAC | F_STATUS | OFFLOAD_FEATURES
+        let ring = match &self.vhost {
+            Some(v) => v.ring_features(),
+            None => F_VERSION_1 | F_RING_EVENT_IDX,
+        };
+        ring | F_MAC | F_STATUS | OFFLOAD_FEATURES
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -198,6 +234,15 @@ impl VirtioDevice for Net {
             }
             b.raw_fd()
         };
+        if let Some(v) = &mut self.vhost {
+            let queues = [rx, tx];
+            return v
+                .activate(mem, &interrupt, &queues, events, self.acked, fd)
+                .map_err(|reason| ActivateError::Backend {
+                    device: "virtio-net (vhost)",
+                    reason,
+                });
+        }
         let queues = worker::NetQueues {
             mem,
             rx,
@@ -221,6 +266,9 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.worker = None;
+        if let Some(v) = &mut self.vhost {
+            v.reset();
+        }
         self.acked = 0;
     }
 }
