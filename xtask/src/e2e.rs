@@ -87,17 +87,17 @@ fn cases() -> Vec<Case> {
             daemon: true,
             ..case("daemon-power-button-stop", "power-button", 0)
         },
-        // Many VMs at once: thinvmd starts 4 together, each reaches its test's marker, `vm list`
+        // Many VMs at once: thinvmd starts 10 together, each reaches its test's marker, `vm list`
         // shows them running, and each stops by its own power-off on the button. 128 MiB each,
         // not the 64 MiB of the CI size: Debian's cloud kernel spans 16..62 MiB of guest memory
         // (vmlinux) and panics "System is deadlocked on memory" during its initcalls at 64 MiB
         // (seen in this testbed); a bzImage needs ~67 MiB for its decompression alone.
         Case {
             daemon: true,
-            vms: 4,
+            vms: 10,
             kernel: Kernel::Vmlinux,
             memory_mib: 128,
-            timeout_s: 480,
+            timeout_s: 900,
             ..case("daemon-many-vms", "power-button", 0)
         },
         // Commands typed into the guest's shell through thinvm's stdin (the serial input path).
@@ -342,9 +342,18 @@ pub fn run(thinvm: Option<PathBuf>, only: Option<&str>, echo: bool) -> Result<bo
                 timeout: Duration::from_secs(c.timeout_s),
             })
             .collect();
+        // Room for the largest case's guests (each VMM's own memory is a few MiB beside them).
+        let guests_mib = batch
+            .iter()
+            .map(|c| u64::from(c.vms.max(1)) * c.memory_mib)
+            .max()
+            .unwrap_or(0);
         let opts = OuterOptions {
             smp,
             echo,
+            mem_mib: OuterOptions::default()
+                .mem_mib
+                .max(u32::try_from(1024 + guests_mib * 3 / 2).unwrap_or(u32::MAX)),
             ..OuterOptions::default()
         };
         for (c, r) in batch.iter().zip(tb.run(&opts, &scenarios)?) {
