@@ -40,6 +40,10 @@ struct Case {
     daemon: bool,
     /// How many VMs of the case thinvmd runs at once (daemon cases).
     vms: u32,
+    /// Daemon cases: once all are ready, SIGKILL vm1's VMM (restarted by `on-failure`, its
+    /// guest boots again), then SIGKILL the daemon and start a new one, which must adopt every
+    /// running VMM (same pids), before the clean stop.
+    faults: bool,
     /// The scenario's time limit.
     timeout_s: u64,
 }
@@ -58,6 +62,7 @@ const fn case(name: &'static str, test: &'static str, expect_rc: i32) -> Case {
         shell: false,
         daemon: false,
         vms: 1,
+        faults: false,
         timeout_s: 180,
     }
 }
@@ -88,13 +93,15 @@ fn cases() -> Vec<Case> {
             ..case("daemon-power-button-stop", "power-button", 0)
         },
         // Many VMs at once: thinvmd starts 10 together, each reaches its test's marker, `vm list`
-        // shows them running, and each stops by its own power-off on the button. 128 MiB each,
+        // shows them running; a VMM killed is restarted by its policy; the daemon killed and
+        // restarted adopts them all; each stops by its own power-off on the button. 128 MiB each,
         // not the 64 MiB of the CI size: Debian's cloud kernel spans 16..62 MiB of guest memory
         // (vmlinux) and panics "System is deadlocked on memory" during its initcalls at 64 MiB
         // (seen in this testbed); a bzImage needs ~67 MiB for its decompression alone.
         Case {
             daemon: true,
             vms: 10,
+            faults: true,
             kernel: Kernel::Vmlinux,
             memory_mib: 128,
             timeout_s: 900,
@@ -134,6 +141,26 @@ fn shell_script(c: &Case) -> String {
     )
 }
 
+/// The fault steps of a daemon case (see [`Case::faults`]), in the outer shell: `pids` prints
+/// `NAME=PID` of every VM; `PIDS-BEFORE`/`PIDS-AFTER` and `RESTARTED` are checked on the host.
+const FAULTS: &str = r#"pids() { "$THINVM" vm list | awk 'NR > 1 { printf "%s=%s ", $1, $5 }'; }
+row1() { "$THINVM" vm list | awk '$1 == "vm1" { print $2, $5, $6 }'; }
+old=$("$THINVM" vm list | awk '$1 == "vm1" { print $5 }')
+echo "KILL-VMM vm1 pid $old"; kill -9 "$old"
+t0=$(date +%s); while :; do set -- $(row1)
+    [ "$1" = running ] && [ "$2" != "$old" ] && [ "$3" = 1 ] && break
+    [ $(($(date +%s) - t0)) -gt 120 ] && { echo "vm1 was not restarted: $*"; break; }; sleep 1; done
+t0=$(date +%s); until [ "$(grep -c POWER-BUTTON-READY $d/state/vms/vm1/console.log)" -ge 2 ]; do
+    [ $(($(date +%s) - t0)) -gt 180 ] && { echo "vm1's guest did not boot again"; break; }; sleep 1; done
+echo "RESTARTED: $(row1) ready=$(grep -c POWER-BUTTON-READY $d/state/vms/vm1/console.log)"
+echo "PIDS-BEFORE: $(pids)"
+echo "KILL-DAEMON $dpid"; kill -9 $dpid; wait $dpid 2>/dev/null; rm -f $d/d.sock
+start_daemon
+sleep 2
+echo "PIDS-AFTER: $(pids)"
+grep -c adopting $d/daemon.log | sed 's/^/ADOPT-LINES: /'
+"#;
+
 /// The names of a daemon case's VMs.
 fn vm_names(c: &Case) -> Vec<String> {
     (1..=c.vms).map(|i| format!("vm{i}")).collect()
@@ -151,12 +178,12 @@ fn daemon_script(c: &Case) -> String {
     format!(
         "[ -x \"$THINVM\" ] || {{ echo 'no thinvm binary in the outer machine'; exit 127; }}\n\
          d=/tmp/daemon.$$; mkdir -p $d/state; names='{names}'\n\
-         \"$THINVM\" daemon --socket $d/d.sock --state-dir $d/state --allow-dir /guest \
-         --group root --stop-timeout 60 >$d/daemon.log 2>&1 &\n\
-         dpid=$!\nexport THINVM_SOCKET=$d/d.sock\n\
-         i=0; until [ -S $d/d.sock ]; do i=$((i+1)); [ $i -gt 150 ] && break; sleep 0.2; done\n\
+         start_daemon() {{ \"$THINVM\" --log-level info daemon --socket $d/d.sock --state-dir $d/state \
+         --allow-dir /guest --group root --stop-timeout 60 >>$d/daemon.log 2>&1 & dpid=$!; \
+         i=0; until [ -S $d/d.sock ]; do i=$((i+1)); [ $i -gt 150 ] && break; sleep 0.2; done; }}\n\
+         export THINVM_SOCKET=$d/d.sock\nstart_daemon\n\
          for n in $names; do \"$THINVM\" vm create $n --kernel \"{kernel}\" --initrd \"$GUEST_INITRD\" \
-         --cpus {cpus} --memory {mem}M --cmdline 'console=ttyS0 reboot=k panic=-1 quiet thinvm.test={test}' \
+         {restart}--cpus {cpus} --memory {mem}M --cmdline 'console=ttyS0 reboot=k panic=-1 quiet thinvm.test={test}' \
          >/dev/null || {{ cat $d/daemon.log; exit 10; }}; done\n\
          p=; for n in $names; do \"$THINVM\" vm start $n >/dev/null & p=\"$p $!\"; done\n\
          for x in $p; do wait $x || {{ echo \"a start failed\"; cat $d/daemon.log; exit 11; }}; done\n\
@@ -167,12 +194,15 @@ fn daemon_script(c: &Case) -> String {
          free -m; top -bn1 | head -15; tail -20 $d/daemon.log; break; }}; sleep 1; done\n\
          echo \"READY-AFTER-S=$i\"\n\
          \"$THINVM\" vm list --json | sed 's/^/LIST: /'\n\
+         {faults}\
          p=; for n in $names; do \"$THINVM\" vm stop $n --timeout 60 >/dev/null & p=\"$p $!\"; done\n\
          rc=0; for x in $p; do wait $x || rc=$?; done\n\
          for n in $names; do \"$THINVM\" vm show $n --json | sed \"s/^/SHOW-$n: /\"; \
          \"$THINVM\" vm logs $n | sed \"s/^/GUEST-$n: /\"; done\n\
          kill $dpid; wait $dpid 2>/dev/null\necho \"VMM-RC=$rc\"\nexit $rc\n",
         names = vm_names(c).join(" "),
+        restart = if c.faults { "--restart on-failure " } else { "" },
+        faults = if c.faults { FAULTS } else { "" },
         cpus = c.cpus,
         mem = c.memory_mib,
         test = c.test,
@@ -286,6 +316,9 @@ fn check_daemon(c: &Case, log: &str) -> Vec<String> {
             c.vms
         ));
     }
+    if c.faults {
+        errors.extend(check_faults(c, log));
+    }
     for n in vm_names(c) {
         let lines = |tag: &str| -> String {
             let prefix = format!("{tag}-{n}: ");
@@ -301,6 +334,44 @@ fn check_daemon(c: &Case, log: &str) -> Vec<String> {
         if !show.contains("guest powered off") {
             errors.push(format!("{n}: did not end by its own power-off: {show}"));
         }
+    }
+    errors
+}
+
+/// The fault steps: vm1 came back (running, a new pid, one restart, its guest ready again) and
+/// the new daemon listed every VM with the pid it had before the daemon was killed.
+fn check_faults(c: &Case, log: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let line = |tag: &str| {
+        log.lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .map(str::trim)
+            .unwrap_or_default()
+    };
+    let restarted: Vec<&str> = line("RESTARTED:").split_whitespace().collect();
+    let killed = line("KILL-VMM vm1 pid");
+    match restarted.as_slice() {
+        ["running", pid, "1", ready] if *pid != killed && *ready == "ready=2" => {}
+        other => errors.push(format!(
+            "vm1 after its VMM (pid {killed}) was killed: {other:?}, expected running with a \
+             new pid, 1 restart and its guest ready again"
+        )),
+    }
+    let before = line("PIDS-BEFORE:");
+    let after = line("PIDS-AFTER:");
+    let count = before
+        .split_whitespace()
+        .filter(|p| !p.ends_with("=-"))
+        .count();
+    if before.is_empty() || before != after || count != c.vms as usize {
+        errors.push(format!(
+            "after the daemon's SIGKILL and restart the VMs were {after:?}, expected the same \
+             {} running pids as before: {before:?}",
+            c.vms
+        ));
+    }
+    if line("ADOPT-LINES:").parse::<u32>().unwrap_or(0) < 1 {
+        errors.push("the new daemon's log does not say it adopted the VMs".into());
     }
     errors
 }

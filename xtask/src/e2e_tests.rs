@@ -89,3 +89,41 @@ fn scripts_use_the_case() {
         .iter()
         .all(|c| testbed::images::check_name(c.name).is_ok()));
 }
+
+#[test]
+fn fault_steps_are_checked() {
+    let c = Case {
+        daemon: true,
+        vms: 2,
+        faults: true,
+        ..case("d", "power-button", 0)
+    };
+    let good = "KILL-VMM vm1 pid 100\nRESTARTED: running 300 1 ready=2\n\
+                PIDS-BEFORE: vm1=300 vm2=200 \nPIDS-AFTER: vm1=300 vm2=200 \nADOPT-LINES: 2\n";
+    assert!(
+        check_faults(&c, good).is_empty(),
+        "{:?}",
+        check_faults(&c, good)
+    );
+    // The same pid again (not restarted), the guest not booted again, a pid changed by the
+    // new daemon (started twice), a VM gone, and no adoption in the log.
+    for bad in [
+        good.replace("running 300 1", "running 100 1"),
+        good.replace("ready=2", "ready=1"),
+        good.replace("RESTARTED: running 300 1", "RESTARTED: crashed - 1"),
+        good.replace("PIDS-AFTER: vm1=300 vm2=200", "PIDS-AFTER: vm1=300 vm2=201"),
+        good.replace("PIDS-AFTER: vm1=300 vm2=200", "PIDS-AFTER: vm1=300 vm2=-"),
+        good.replace("ADOPT-LINES: 2", "ADOPT-LINES: 0"),
+        good.replace("PIDS-BEFORE: vm1=300 vm2=200", "PIDS-BEFORE: vm1=300"),
+    ] {
+        assert_eq!(check_faults(&c, &bad).len(), 1, "{bad}");
+    }
+    assert_eq!(check_faults(&c, "").len(), 3);
+    let s = script(&c);
+    assert!(
+        s.contains("--restart on-failure") && s.contains("kill -9 $dpid"),
+        "{s}"
+    );
+    let plain = script(&Case { faults: false, ..c });
+    assert!(!plain.contains("kill -9"), "{plain}");
+}
