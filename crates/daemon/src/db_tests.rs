@@ -1,3 +1,4 @@
+use super::schema::SCHEMA;
 use super::*;
 
 fn spec(name: &str) -> VmSpec {

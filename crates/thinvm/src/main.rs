@@ -11,6 +11,7 @@ mod net_arg;
 mod run;
 mod size;
 mod vm_cmd;
+mod vm_console;
 mod vmm_api;
 mod vmm_cmd;
 mod vmm_console;

@@ -3,55 +3,14 @@
 //! The vCPUs never run, so this works on a PVM host too.
 
 mod guest;
+mod pci_support;
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest::{config, Asm, Captured};
+use pci_support::{bar_read, bar_write, build_vm, cfg_read32, cfg_write, temp_disk};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::{DiskConfig, Vm};
-
-fn temp_disk(tag: &str, fill: impl Fn(usize) -> u8) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("thinvm-pci-{tag}-{}.raw", std::process::id()));
-    let data: Vec<u8> = (0..64 * 1024).map(fill).collect();
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(&data)
-        .unwrap();
-    path
-}
-
-fn cfg_read32(vm: &Vm, dev: u8, reg: u8) -> u32 {
-    let addr = 0x8000_0000u32 | u32::from(dev) << 11 | u32::from(reg);
-    assert!(vm.io_bus().write(0xcf8, &addr.to_le_bytes()));
-    let mut b = [0u8; 4];
-    assert!(vm.io_bus().read(0xcfc, &mut b));
-    u32::from_le_bytes(b)
-}
-
-fn cfg_write(vm: &Vm, dev: u8, reg: u8, data: &[u8]) {
-    let addr = 0x8000_0000u32 | u32::from(dev) << 11 | u32::from(reg & !3);
-    assert!(vm.io_bus().write(0xcf8, &addr.to_le_bytes()));
-    assert!(vm.io_bus().write(0xcfc + u64::from(reg & 3), data));
-}
-
-fn bar_write(vm: &Vm, bar: u64, off: u64, v: u64, len: usize) {
-    assert!(
-        vm.mmio_bus().write(bar + off, &v.to_le_bytes()[..len]),
-        "{off:#x}"
-    );
-}
-
-fn bar_read(vm: &Vm, bar: u64, off: u64, len: usize) -> u64 {
-    let mut b = [0u8; 8];
-    assert!(vm.mmio_bus().read(bar + off, &mut b[..len]));
-    u64::from_le_bytes(b)
-}
-
-fn build_vm() -> Vm {
-    Vm::new(&config(Asm::default(), 1), Box::new(Captured::default())).expect("build VM")
-}
 
 #[test]
 fn devices_appear_in_slot_order_with_their_bars() {
@@ -382,90 +341,4 @@ fn guest_driver_with_a_hostile_chain() {
     assert!(data.iter().all(|&b| b == 5 ^ 0xa5));
     drop(vm);
     std::fs::remove_file(disk).unwrap();
-}
-
-#[test]
-fn vsock_is_added_once_with_a_valid_cid_and_a_usable_socket() {
-    use vmm::VsockConfig;
-    let dir = std::env::temp_dir().join(format!("thinvm-pci-vsock-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    let socket = dir.join("v.sock");
-    let mut vm = build_vm();
-    for cid in [0, 1, 2, u64::from(u32::MAX), 1 << 40] {
-        let err = vm
-            .pci()
-            .add_vsock(&VsockConfig {
-                cid,
-                socket: socket.clone(),
-            })
-            .unwrap_err();
-        assert!(err.to_string().contains("reserved"), "cid {cid}: {err}");
-    }
-    let file = dir.join("file");
-    std::fs::write(&file, b"keep").unwrap();
-    let err = vm
-        .pci()
-        .add_vsock(&VsockConfig {
-            cid: 3,
-            socket: file.clone(),
-        })
-        .unwrap_err();
-    assert!(err.to_string().contains("not a socket"), "{err}");
-    assert_eq!(vm.pci().device_count(), 0);
-    vm.pci()
-        .add_vsock(&VsockConfig {
-            cid: 3,
-            socket: socket.clone(),
-        })
-        .unwrap();
-    assert!(
-        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
-        "listening"
-    );
-    let second = dir.join("w.sock");
-    let err = vm
-        .pci()
-        .add_vsock(&VsockConfig {
-            cid: 4,
-            socket: second,
-        })
-        .unwrap_err();
-    assert!(err.to_string().contains("at most one"), "{err}");
-    assert_eq!(
-        cfg_read32(&vm, 1, 0),
-        0x1053_1af4,
-        "virtio-vsock (0x1040 + 19)"
-    );
-    drop(vm);
-    assert!(!socket.exists(), "the socket goes with the VM");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[test]
-fn vhost_net_is_used_where_the_host_has_it_and_refused_clearly_where_not() {
-    let mut vm = build_vm();
-    let net = vmm::NetConfig {
-        tap: Some(format!("tvvh{}", std::process::id() % 100_000)),
-        fd: None,
-        mac: None,
-        vhost: true,
-    };
-    if devices::virtio::net::Tap::open(net.tap.as_deref().unwrap()).is_err() {
-        eprintln!("skipped: cannot create a TAP here (needs root and /dev/net/tun)");
-        return;
-    }
-    let r = vm.pci().add_net(&net);
-    if std::path::Path::new("/dev/vhost-net").exists() {
-        r.expect("vhost-net card on a host with /dev/vhost-net");
-        // Named, but no per-frame counters: the kernel moves the frames.
-        let groups = vm.pci().counters().groups();
-        assert_eq!(groups, vec![("_net0".to_string(), Vec::new())]);
-    } else {
-        let err = r.unwrap_err().to_string();
-        assert!(
-            err.contains("/dev/vhost-net") && err.contains("vhost_net module"),
-            "{err}"
-        );
-    }
 }

@@ -4,6 +4,7 @@
 mod config;
 mod resize;
 mod router;
+mod rules;
 mod types;
 
 pub use config::{parse_vm_config, ConfigError};

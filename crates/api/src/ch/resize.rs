@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 
-use super::config::{check, int, join, present, ConfigError, Rule, MAX_MEMORY};
+use super::config::{check, int, join, present, ConfigError, MAX_MEMORY};
+use super::rules::Rule;
 use super::types::{BalloonConfig, VmConfig, VmResize};
 use crate::ApiError;
 

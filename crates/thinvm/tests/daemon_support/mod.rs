@@ -367,6 +367,11 @@ pub async fn call(c: &Client, method: &str, uri: &str, body: Option<&Value>) -> 
     (r.status, v)
 }
 
+/// A VM's `state` in a daemon answer (`""` if it has none).
+pub fn state(v: &Value) -> &str {
+    v["state"].as_str().unwrap_or("")
+}
+
 /// Polls `GET /v1/vms/NAME` until `pred` holds (or panics after `secs`).
 pub async fn wait_vm(c: &Client, name: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
     let t0 = Instant::now();
