@@ -151,6 +151,11 @@ impl Conn {
             && self.peer_credit() > 0
     }
 
+    /// Whether the guest was given the REQUEST of a host-initiated connection.
+    pub fn request_sent(&self) -> bool {
+        !self.send_request
+    }
+
     /// Whether the connection has a packet for the guest.
     pub fn wants_rx(&self) -> bool {
         self.send_request

@@ -7,6 +7,7 @@
 //! control is honoured both ways with bounded buffering ([`conn`]).
 
 pub(crate) mod conn;
+mod deadline;
 mod muxer;
 pub mod packet;
 mod socket;
@@ -25,7 +26,7 @@ use super::{
     WorkerThread, F_RING_EVENT_IDX, F_VERSION_1,
 };
 pub use conn::CONN_BUF;
-pub use muxer::{parse_connect, MAX_CONNS, MAX_RESETS};
+pub use muxer::{parse_connect, CONNECT_TIMEOUT, LINE_TIMEOUT, MAX_CONNS, MAX_RESETS};
 pub use socket::{connect_nonblocking, Listener, SocketError, MAX_PATH};
 use worker::VsockWorker;
 
@@ -48,6 +49,10 @@ pub struct VsockStats {
     pub refused: AtomicU64,
     /// Resets sent to the guest.
     pub resets: AtomicU64,
+    /// Host connections closed because the guest did not answer their REQUEST in time.
+    pub connect_timeouts: AtomicU64,
+    /// Host sockets closed because they did not send their CONNECT line in time.
+    pub line_timeouts: AtomicU64,
 }
 
 /// Why a vsock device could not be made.
@@ -189,3 +194,5 @@ mod harness;
 mod hostile_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;

@@ -11,23 +11,34 @@
 //! index as token. Connections (and host sockets still sending their CONNECT line) are limited
 //! to [`MAX_CONNS`]; resets for packets without a connection wait in a queue of at most
 //! [`MAX_RESETS`], and a full queue stops the tx queue until the guest takes them.
+//!
+//! Nothing holds a slot forever for want of an answer: a host socket that has not sent its
+//! whole CONNECT line within [`LINE_TIMEOUT`] is closed, and a host connection whose REQUEST the
+//! guest has not answered within [`CONNECT_TIMEOUT`] is closed (EOF, as for a guest RST) and
+//! the guest gets a RST for it (none if the REQUEST never left the device), so a late RESPONSE
+//! finds no connection and is answered with a RST. The deadlines are in [`Deadlines`].
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::conn::{Action, Conn};
+use super::conn::{Action, Conn, State};
+use super::deadline::Deadlines;
 use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
 use super::socket::connect_nonblocking;
 use super::VsockStats;
 use crate::legacy::GuestLog;
 use crate::virtio::Poller;
+
+mod host;
+pub use host::parse_connect;
 
 /// Most connections at once (host sockets waiting to send their CONNECT line included).
 pub const MAX_CONNS: usize = 1024;
@@ -35,8 +46,14 @@ pub const MAX_CONNS: usize = 1024;
 pub const MAX_RESETS: usize = 256;
 /// Longest CONNECT line.
 const MAX_LINE: usize = 32;
+/// How long a host socket has to send its whole CONNECT line.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the guest has to answer a host connection's REQUEST (as Firecracker).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The listener's token.
 const LISTENER: u32 = u32::MAX;
+/// The deadline timer's token.
+const TIMER: u32 = u32::MAX - 1;
 /// First host port of host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -63,22 +80,17 @@ pub struct Muxer {
     listener_paused: bool,
     /// Most connections at once ([`MAX_CONNS`]; tests lower it).
     pub max_conns: usize,
+    deadlines: Deadlines,
+    /// How long a host socket has to send its CONNECT line ([`LINE_TIMEOUT`]; tests change it).
+    pub line_timeout: Duration,
+    /// How long the guest has to answer a REQUEST ([`CONNECT_TIMEOUT`]; tests change it).
+    pub connect_timeout: Duration,
     stats: Arc<VsockStats>,
     log: GuestLog,
 }
 
 fn sock_events() -> EventSet {
     EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED
-}
-
-/// Parses `CONNECT <port>` (the newline removed).
-pub fn parse_connect(line: &[u8]) -> Option<u32> {
-    let s = std::str::from_utf8(line).ok()?;
-    let port = s.strip_prefix("CONNECT ")?;
-    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    port.parse().ok()
 }
 
 impl Muxer {
@@ -91,6 +103,8 @@ impl Muxer {
         stats: Arc<VsockStats>,
     ) -> io::Result<Self> {
         poller.add(listener.as_raw_fd(), EventSet::IN, LISTENER)?;
+        let deadlines = Deadlines::new()?;
+        poller.add(deadlines.fd(), EventSet::IN, TIMER)?;
         Ok(Muxer {
             cid,
             path,
@@ -105,6 +119,9 @@ impl Muxer {
             next_port: FIRST_LOCAL_PORT,
             listener_paused: false,
             max_conns: MAX_CONNS,
+            deadlines,
+            line_timeout: LINE_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
             stats,
             log: GuestLog::default(),
         })
@@ -160,6 +177,7 @@ impl Muxer {
             return;
         };
         self.free.push(i);
+        self.deadlines.cancel(i);
         self.resume_listener();
         if let Slot::Conn(c) = slot {
             self.keys.remove(&(c.local_port, c.peer_port));
@@ -221,7 +239,11 @@ impl Muxer {
                 let Some(Some(Slot::Conn(c))) = self.slots.get_mut(i) else {
                     return;
                 };
+                let was_connecting = c.state == State::Connecting;
                 let action = c.on_guest_packet(hdr, payload, &self.stats);
+                if was_connecting && c.state == State::Established {
+                    self.deadlines.cancel(i);
+                }
                 self.apply(i, action);
             }
             None if hdr.op == op::REQUEST => self.connect_to_host(hdr),
@@ -265,6 +287,9 @@ impl Muxer {
         if token == LISTENER {
             return self.accept();
         }
+        if token == TIMER {
+            return self.expire(Instant::now());
+        }
         let i = token as usize;
         match self.slots.get_mut(i) {
             Some(Some(Slot::Pending(..))) => self.read_line(i),
@@ -283,80 +308,6 @@ impl Muxer {
             }
             _ => {}
         }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // Out of descriptors (EMFILE): the level-triggered listener would wake
-                    // the worker again at once; stop watching it until a connection closes.
-                    tracing::warn!("virtio-vsock: accept failed: {e}; pausing the listener");
-                    self.listener_paused = true;
-                    let _ =
-                        self.poller
-                            .modify(self.listener.as_raw_fd(), EventSet::empty(), LISTENER);
-                    return;
-                }
-            };
-            if self.live() >= self.max_conns {
-                tracing::warn!("virtio-vsock: connection limit: a host connection is closed");
-                continue;
-            }
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            if let Ok(i) = self.insert(Slot::Pending(stream, Vec::new())) {
-                self.read_line(i);
-            }
-        }
-    }
-
-    /// Reads the CONNECT line byte by byte (what follows it is the guest's data).
-    fn read_line(&mut self, i: usize) {
-        let Some(Some(Slot::Pending(stream, line))) = self.slots.get_mut(i) else {
-            return;
-        };
-        let mut b = [0u8; 1];
-        let done = loop {
-            match stream.read(&mut b) {
-                Ok(1) if b[0] == b'\n' => break parse_connect(line).ok_or(()),
-                Ok(1) if line.len() < MAX_LINE => line.push(b[0]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // EOF, an error or a line too long.
-                _ => break Err(()),
-            }
-        };
-        let Ok(port) = done else {
-            tracing::debug!("virtio-vsock: a host connection sent no valid CONNECT line");
-            return self.remove(i, false);
-        };
-        let Some(local) = self.free_local_port(port) else {
-            return self.remove(i, false);
-        };
-        let Some(Slot::Pending(stream, _)) = self.slots[i].take() else {
-            return;
-        };
-        self.slots[i] = Some(Slot::Conn(Conn::to_guest(stream, self.cid, local, port)));
-        self.keys.insert((local, port), i);
-        self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.schedule(i);
-    }
-
-    fn free_local_port(&mut self, peer: u32) -> Option<u32> {
-        for _ in 0..=MAX_CONNS {
-            let p = self.next_port;
-            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.keys.contains_key(&(p, peer)) {
-                return Some(p);
-            }
-        }
-        None
     }
 
     /// The next packet for the guest with at most `room` payload bytes (put in `buf`).
