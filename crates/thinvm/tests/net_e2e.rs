@@ -3,7 +3,9 @@
 //! addresses its side of the TAP, the guest pings it (small and fragmented packets), then the
 //! outer machine pings the guest and the guest counts the echo requests it answered. Then 16 MiB
 //! of random data go each way over TCP (busybox nc; checksum and TSO offloads negotiated) and
-//! arrive with the sha256 they were sent with.
+//! arrive with the sha256 they were sent with. Then the guest unbinds its `virtio_net` driver
+//! and binds it again (the card is reset and activated anew, as on a driver reload or kexec),
+//! addresses the new interface, pings the host and sends 4 MiB more over TCP.
 //!
 //! The same scenario runs twice in one outer boot: on the userspace data path, then with
 //! `vhost=on` (the outer machine loads `vhost` and `vhost_net`), where the outer machine also
@@ -57,6 +59,28 @@ i=0
 while [ "$(echos)" -lt 3 ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
 echo "GUEST-IN-ECHOS=$(echos)"
 cat /proc/net/dev
+# Unbind and bind the driver: it resets the card (status 0), then negotiates and activates anew.
+vdev=$(basename "$(readlink /sys/class/net/$dev/device)")
+echo "REBIND-VIRTIO-DEV=$vdev"
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_net/unbind
+if [ -e "/sys/class/net/$dev" ]; then echo "REBIND-UNBOUND=no"; else echo "REBIND-UNBOUND=yes"; fi
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_net/bind
+dev=$(for d in /sys/class/net/*; do [ "$(cat $d/address)" = "02:54:00:12:34:56" ] && basename $d; done)
+echo "REBIND-NET-DEV=$dev"
+ip link set "$dev" up
+ip addr add 10.213.9.2/24 dev "$dev"
+i=0
+until ping -c 1 -W 1 10.213.9.1 >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 30 ] && break
+done
+if ping -c 3 -W 2 10.213.9.1 && ping -c 2 -W 2 -s 4000 10.213.9.1; then
+    echo "REBIND-PING=ok"
+else
+    echo "REBIND-PING=fail"
+fi
+dd if=/dev/urandom of=/tmp/rblob bs=1M count=4 2>/dev/null
+echo "REBIND-G2H-SENT-SHA=$(sha256sum /tmp/rblob | cut -d' ' -f1)"
+timeout 120 nc 10.213.9.1 5003 < /tmp/rblob
 "#;
 
 /// The outer side: thinvm in the background, the TAP addressed once thinvm made it, the
@@ -65,6 +89,10 @@ const OUTER_SCRIPT: &str = r#"
 printf '#!/bin/sh\ncat > /tmp/g2h\n' > /tmp/recv.sh
 chmod +x /tmp/recv.sh
 timeout 240 nc -l -p 5001 -e /tmp/recv.sh &
+printf '#!/bin/sh\ncat > /tmp/g2h-rebind\n' > /tmp/recv2.sh
+chmod +x /tmp/recv2.sh
+timeout 450 nc -l -p 5003 -e /tmp/recv2.sh &
+l2=$!
 "$THINVM" run --testbed never --kernel "$GUEST_BZIMAGE" --initrd "$GUEST_INITRD" \
     --memory 256M --net tap=tvnet0,mac=02:54:00:12:34:56$NET_EXTRA \
     --cmdline 'console=ttyS0 reboot=k panic=-1 thinvm.test=virtio-net' </dev/null >/tmp/out 2>/tmp/err &
@@ -80,21 +108,36 @@ until grep -q GUEST-NET-UP /tmp/out; do
     i=$((i + 1)); [ $i -ge 1200 ] && break; sleep 0.1
 done
 sleep 1
-# vhost-net's kernel worker is named after the VMM thread that became its owner.
+# vhost-net's kernel workers are named after the VMM thread that became their owner.
+vhosts() {
+    n=0
+    for t in /proc/$pid/task/*; do
+        n=$((n + $(grep -lx "vhost-${t##*/}" /proc/[0-9]*/comm 2>/dev/null | wc -l)))
+    done
+    echo $n
+}
 vh=no
-for t in /proc/$pid/task/*; do
-    grep -qx "vhost-${t##*/}" /proc/[0-9]*/comm 2>/dev/null && vh=yes
-done
+[ "$(vhosts)" -gt 0 ] && vh=yes
 echo "VHOST-THREAD=$vh"
 if ping -c 3 -W 2 10.213.9.2; then echo "HOST-PING=ok"; else echo "HOST-PING=fail"; fi
 dd if=/dev/urandom of=/tmp/hblob bs=1M count=16 2>/dev/null
 echo "H2G-SENT-SHA=$(sha256sum /tmp/hblob | cut -d' ' -f1)"
 timeout 180 nc 10.213.9.2 5002 < /tmp/hblob
+# After the guest rebound its driver: one vhost worker (the first owner's went with the reset).
+i=0
+until grep -q REBIND-PING /tmp/out; do
+    i=$((i + 1)); [ $i -ge 1800 ] && break; sleep 0.1
+done
+echo "REBIND-VHOST-THREADS=$(vhosts)"
 wait $pid
 rc=$?
+i=0
+while kill -0 $l2 2>/dev/null && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+kill $l2 2>/dev/null
 ip link del tvnet0 2>/dev/null
 cat /tmp/out
 echo "G2H-GOT-SHA=$(sha256sum /tmp/g2h | cut -d' ' -f1)"
+echo "REBIND-G2H-GOT-SHA=$(sha256sum /tmp/g2h-rebind 2>/dev/null | cut -d' ' -f1)"
 sed 's/^/STDERR: /' /tmp/err
 echo "VMM-RC=$rc"
 exit $rc
@@ -159,9 +202,24 @@ fn check(r: &testbed::ScenarioResult, vhost: &str) {
         echos >= 3,
         "the guest answered {echos} echo requests: {ctx}"
     );
+    // The driver unbound (the interface went away) and bound again: the card was reset and
+    // activated anew, on the same data path (one vhost worker, the first owner's gone).
+    assert_eq!(value(log, "REBIND-UNBOUND"), Some("yes"), "{ctx}");
+    assert!(
+        value(log, "REBIND-NET-DEV").is_some_and(|d| !d.is_empty()),
+        "no interface after the rebind: {ctx}"
+    );
+    assert_eq!(value(log, "REBIND-PING"), Some("ok"), "{ctx}");
+    let workers = if vhost == "yes" { "1" } else { "0" };
+    assert_eq!(value(log, "REBIND-VHOST-THREADS"), Some(workers), "{ctx}");
+    assert!(
+        !log.contains("activation refused"),
+        "the VMM refused an activation: {ctx}"
+    );
     for (key, got) in [
         ("G2H-SENT-SHA", "G2H-GOT-SHA"),
         ("H2G-SENT-SHA", "H2G-GOT-SHA"),
+        ("REBIND-G2H-SENT-SHA", "REBIND-G2H-GOT-SHA"),
     ] {
         let sent = value(log, key).filter(|v| v.len() == 64);
         assert!(sent.is_some(), "no {key} digest: {ctx}");

@@ -5,7 +5,9 @@
 //! overlay whose raw base must stay untouched (`qemu-img check` on the overlay too). Then a
 //! guest boots its root file system from virtio-blk (`root=/dev/vda rw`): a busybox root in an
 //! ext4 image made with `mkfs.ext4 -d`, whose own /sbin/init writes files, syncs, remounts the
-//! root read-only and powers off; the host checks it with `e2fsck -fn` and `debugfs`.
+//! root read-only and powers off; the host checks it with `e2fsck -fn` and `debugfs`. In the
+//! first three scenarios the guest also unbinds and binds `virtio_blk` (reads of /dev/vda keep
+//! their sha256) and `virtio_rng` (/dev/hwrng gives bytes again).
 //!
 //! Takes minutes (an emulated machine boots first): runs only with `THINVM_E2E=1`.
 
@@ -200,6 +202,14 @@ fn check_guest_and_image(r: &testbed::ScenarioResult, img: &Path, dir: &Path) {
     assert_eq!(value(log, "RO-WRITE"), Some("refused"), "{ctx}");
     assert_eq!(value(log, "RNG-BYTES"), Some("16"), "{ctx}");
     assert_eq!(value(log, "SERIAL"), Some("thinvm-e2e-disk"), "{ctx}");
+    // virtio_blk and virtio_rng unbound and bound again: both devices reset and served anew.
+    assert_eq!(value(log, "REBIND-BLK-UNBOUND"), Some("yes"), "{ctx}");
+    assert_eq!(value(log, "REBIND-BLK-READ"), Some("same"), "{ctx}");
+    assert_eq!(value(log, "REBIND-RNG-BYTES"), Some("16"), "{ctx}");
+    assert!(
+        !log.contains("activation refused"),
+        "the VMM refused an activation: {ctx}"
+    );
     let cpus = value(log, "NPROC").expect("NPROC");
     assert_eq!(
         value(log, "RNG-IRQ-CPUS"),

@@ -365,3 +365,6 @@ fn a_queues_irqfd_is_the_one_of_the_vector_the_driver_chose() {
     dev.write_bar(0, 0x1a, &NO_VECTOR.to_le_bytes());
     assert!(irq.irqfd(InterruptKind::Queue(0)).is_none());
 }
+
+#[path = "pci_reset_tests.rs"]
+mod reset;

@@ -42,4 +42,28 @@ grep virtio /proc/interrupts
 echo "RNG-IRQ-CPUS=$(awk '/virtio.*-input/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/ && $i > 0) n++; print n }' /proc/interrupts)"
 echo "SERIAL=$(cat /sys/block/vda/serial 2>/dev/null)"
 echo "RNG-CURRENT=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+# Unbind and bind the drivers (each resets its device, then activates it anew): vda reads the
+# same bytes afterwards (page cache dropped), the rng gives bytes again.
+vdev=$(basename "$(readlink /sys/block/vda/device)")
+before=$(dd if=/dev/vda bs=64k count=64 2>/dev/null | sha256sum | cut -d' ' -f1)
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_blk/unbind
+[ -e /sys/block/vda ] && echo "REBIND-BLK-UNBOUND=no" || echo "REBIND-BLK-UNBOUND=yes"
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_blk/bind
+disk=$(ls "/sys/bus/virtio/devices/$vdev/block" 2>/dev/null)
+i=0
+until [ -n "$disk" ] && [ -b "/dev/$disk" ] || [ $i -ge 50 ]; do
+    sleep 0.1; i=$((i + 1)); disk=$(ls "/sys/bus/virtio/devices/$vdev/block" 2>/dev/null)
+done
+echo "REBIND-BLK-DISK=$disk"
+echo 3 > /proc/sys/vm/drop_caches
+after=$(dd if="/dev/$disk" bs=64k count=64 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ -n "$disk" ] && [ "$before" = "$after" ]; then
+    echo "REBIND-BLK-READ=same"
+else
+    echo "REBIND-BLK-READ=differs $before $after"
+fi
+rdev=$(basename "$(ls -d /sys/bus/virtio/drivers/virtio_rng/virtio* | head -n 1)")
+echo "$rdev" > /sys/bus/virtio/drivers/virtio_rng/unbind
+echo "$rdev" > /sys/bus/virtio/drivers/virtio_rng/bind
+echo "REBIND-RNG-BYTES=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | wc -c)"
 echo "VIRTIO-BLK-DONE"

@@ -116,3 +116,105 @@ fn the_worker_thread_serves_both_directions() {
     assert_eq!(stats.tx_frames.load(Ordering::Relaxed), 1);
     n.reset();
 }
+
+/// Waits a little and checks `what` did not happen (a stopped worker touches nothing).
+fn stays(what: &str, mut unchanged: impl FnMut() -> bool) {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(unchanged(), "{what}");
+}
+
+#[test]
+fn reset_stops_the_worker_and_a_second_activation_serves_new_rings() {
+    let (b, state, readable) = fake_with_fd();
+    let mut n = Net::new(b, [2, 0, 0, 0, 0, 3]);
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    // The transport keeps one eventfd per queue for the card's life: both activations get
+    // clones of the same ones.
+    let events: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let clones = || -> Vec<EventFd> { events.iter().map(|e| e.try_clone().unwrap()).collect() };
+    let irq = Arc::new(Irq::default());
+    let (rx1, mut tx1) = (Ring::new(&mem, 0x1000), Ring::new(&mem, 0x4000));
+    n.ack_features(F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4);
+    n.activate(
+        mem.clone(),
+        irq.clone(),
+        vec![rx1.queue(), tx1.queue()],
+        clones(),
+    )
+    .unwrap();
+    assert_eq!(
+        state.lock().unwrap().offload,
+        Some(F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4)
+    );
+    mem.write_slice(&pattern(60, 1), GuestAddress(0x20000))
+        .unwrap();
+    tx1.desc(0, 0x20000, 60, 0, 0);
+    tx1.push(0);
+    events[1].write(1).unwrap();
+    wait_for("the first tx frame", || {
+        state.lock().unwrap().sent.len() == 1
+    });
+    wait_for("the first tx used entry", || tx1.used_idx() == 1);
+
+    // Frames queued for the old driver (built with its offloads) while it resets.
+    for seed in 0..3 {
+        state.lock().unwrap().incoming.push_back(pattern(80, seed));
+    }
+    n.reset();
+    assert_eq!(state.lock().unwrap().offload, Some(0), "offloads cleared");
+    assert!(
+        state.lock().unwrap().incoming.is_empty(),
+        "stale frames dropped"
+    );
+    assert_eq!(n.stats().rx_drops.load(Ordering::Relaxed), 3);
+    // The old worker is gone: a kick on the old ring is not served (an ioeventfd still writes
+    // the eventfd while the driver sets the card up again).
+    tx1.desc(1, 0x20000, 60, 0, 0);
+    tx1.push(1);
+    events[1].write(1).unwrap();
+    stays("the old ring was served after reset", || {
+        tx1.used_idx() == 1 && state.lock().unwrap().sent.len() == 1
+    });
+
+    // Second activation: other ring addresses, fewer features.
+    let (mut rx2, mut tx2) = (Ring::new(&mem, 0x40000), Ring::new(&mem, 0x48000));
+    n.ack_features(F_VERSION_1);
+    n.activate(
+        mem.clone(),
+        irq.clone(),
+        vec![rx2.queue(), tx2.queue()],
+        clones(),
+    )
+    .unwrap();
+    assert_eq!(state.lock().unwrap().offload, Some(F_VERSION_1));
+    // The stale tx kick, served or not yet, finds nothing on the new ring.
+    assert_eq!(tx2.used_idx(), 0);
+    let frame = pattern(90, 9);
+    state.lock().unwrap().incoming.push_back(frame.clone());
+    readable.write(1).unwrap();
+    rx2.desc(0, 0x50000, 2048, WRITE, 0);
+    rx2.push(0);
+    events[0].write(1).unwrap();
+    wait_for("the rx frame on the new ring", || rx2.used_idx() == 1);
+    assert_eq!(rx2.used(0), (0, 90));
+    let mut got = vec![0; 90];
+    mem.read_slice(&mut got, GuestAddress(0x50000)).unwrap();
+    assert_eq!(got[12..], frame[12..]);
+    let out = pattern(64, 5);
+    mem.write_slice(&out, GuestAddress(0x60000)).unwrap();
+    tx2.desc(0, 0x60000, 64, 0, 0);
+    tx2.push(0);
+    events[1].write(1).unwrap();
+    wait_for("the tx frame on the new ring", || tx2.used_idx() == 1);
+    assert_eq!(state.lock().unwrap().sent.last(), Some(&out));
+    assert_eq!(
+        state.lock().unwrap().sent.len(),
+        2,
+        "the old chain never went out"
+    );
+    assert_eq!(tx1.used_idx(), 1, "the old ring stays untouched");
+    assert_eq!(rx1.used_idx(), 0);
+    n.reset();
+}

@@ -97,7 +97,7 @@ pub struct NetStats {
     pub rx_bytes: AtomicU64,
     /// Frames given to the guest.
     pub rx_frames: AtomicU64,
-    /// Frames from the backend dropped (rx chain too small or bad).
+    /// Frames from the backend dropped (rx chain too small or bad, or queued at a reset).
     pub rx_drops: AtomicU64,
     /// Bytes sent by the guest (headers excluded).
     pub tx_bytes: AtomicU64,
@@ -270,6 +270,36 @@ impl VirtioDevice for Net {
             v.reset();
         }
         self.acked = 0;
+        self.quiesce_backend();
+    }
+}
+
+/// Most frames a reset drops from the backend (a TAP's queue holds 1000 by default); bounds the
+/// time a reset takes on the vCPU thread.
+const RESET_DRAIN_FRAMES: usize = 4096;
+
+impl Net {
+    /// With no driver, the backend offers no offloads and holds no frames: the next driver may
+    /// accept fewer offloads than the last, and frames the TAP queued meanwhile were built with
+    /// the old ones (a GSO frame to a driver that did not accept TSO). Dropped frames count as
+    /// rx drops, as a NIC without a driver drops what arrives.
+    fn quiesce_backend(&mut self) {
+        let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = b.set_offload(0) {
+            tracing::warn!("virtio-net: cannot clear the TAP offloads at reset: {e}");
+        }
+        let mut buf = vec![0; MAX_FRAME];
+        let mut dropped = 0;
+        while dropped < RESET_DRAIN_FRAMES {
+            match b.read_frame(&mut buf) {
+                Ok(_) => dropped += 1,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.stats
+            .rx_drops
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
