@@ -194,6 +194,26 @@ mod tests {
     }
 
     #[test]
+    fn balloon_and_vsock_groups_are_vmm_counters() {
+        let a: VmCounters = [
+            ("balloon".to_string(), group(&[("actual_bytes", 4096)])),
+            (
+                "_vsock2".to_string(),
+                group(&[("connect_timeouts", 3), ("to_guest_bytes", 9)]),
+            ),
+        ]
+        .into();
+        let text = counter_families(&[("a".into(), a)]);
+        for line in [
+            "thinvm_vm_counter_total{vm=\"a\",device=\"balloon\",counter=\"actual_bytes\"} 4096",
+            "thinvm_vm_counter_total{vm=\"a\",device=\"_vsock2\",counter=\"connect_timeouts\"} 3",
+            "thinvm_vm_counter_total{vm=\"a\",device=\"_vsock2\",counter=\"to_guest_bytes\"} 9",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
+
+    #[test]
     fn device_groups_become_their_own_families() {
         let a: VmCounters = [
             ("vcpu".to_string(), group(&[("io_in", 5)])),

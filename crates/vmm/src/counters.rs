@@ -1,6 +1,7 @@
 //! Per-device counters of a VM, named as Cloud Hypervisor names its devices in `vm.counters`:
-//! `_disk<N>` and `_net<N>`, N from one counter shared by every named device, in the order
-//! they were added (so one disk and one card are `_disk0` and `_net1`, as in Cloud Hypervisor).
+//! `_disk<N>`, `_net<N>` and `_vsock<N>`, N from one counter shared by every named device, in
+//! the order they were added (so one disk and one card are `_disk0` and `_net1`, as in Cloud
+//! Hypervisor; the vsock device is added after them).
 //! The handles are the devices' own lock-free stats, read while the VM runs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,12 +9,14 @@ use std::sync::Arc;
 
 use devices::virtio::block::BlockStats;
 use devices::virtio::net::NetStats;
+use devices::virtio::vsock::VsockStats;
 
 /// One device's live stats.
 #[derive(Clone, Debug)]
 enum Stats {
     Block(Arc<BlockStats>),
     Net(Arc<NetStats>),
+    Vsock(Arc<VsockStats>),
     /// A device whose I/O the VMM does not see (a vhost-net card): named, no counters.
     Unmeasured,
 }
@@ -49,6 +52,13 @@ impl DeviceCounters {
         name
     }
 
+    /// Registers the vsock device; returns its name (`_vsockN`).
+    pub(crate) fn add_vsock(&mut self, stats: Arc<VsockStats>) -> String {
+        let name = self.next_name("_vsock");
+        self.devices.push((name.clone(), Stats::Vsock(stats)));
+        name
+    }
+
     /// Every device's counters now, in the order the devices were added.
     pub fn groups(&self) -> Vec<CounterGroup> {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -67,6 +77,16 @@ impl DeviceCounters {
                         ("rx_frames", get(&s.rx_frames)),
                         ("tx_bytes", get(&s.tx_bytes)),
                         ("tx_frames", get(&s.tx_frames)),
+                    ],
+                    Stats::Vsock(s) => vec![
+                        ("connections", get(&s.connections)),
+                        ("active", get(&s.active)),
+                        ("to_host_bytes", get(&s.to_host_bytes)),
+                        ("to_guest_bytes", get(&s.to_guest_bytes)),
+                        ("refused", get(&s.refused)),
+                        ("resets", get(&s.resets)),
+                        ("connect_timeouts", get(&s.connect_timeouts)),
+                        ("line_timeouts", get(&s.line_timeouts)),
                     ],
                     Stats::Unmeasured => Vec::new(),
                 };
@@ -98,6 +118,21 @@ mod tests {
         assert_eq!(g[2].0, "_net2");
         assert!(g[2].1.contains(&("tx_frames", 3)));
         assert!(g[2].1.contains(&("rx_bytes", 0)));
+    }
+
+    #[test]
+    fn the_vsock_device_reports_its_connections_and_timeouts() {
+        let mut c = DeviceCounters::default();
+        assert_eq!(c.add_block(Arc::default()), "_disk0");
+        let v = Arc::new(VsockStats::default());
+        assert_eq!(c.add_vsock(v.clone()), "_vsock1");
+        v.connect_timeouts.fetch_add(2, Ordering::Relaxed);
+        v.to_guest_bytes.fetch_add(10, Ordering::Relaxed);
+        let g = c.groups();
+        assert_eq!(g[1].0, "_vsock1");
+        assert!(g[1].1.contains(&("connect_timeouts", 2)));
+        assert!(g[1].1.contains(&("to_guest_bytes", 10)));
+        assert_eq!(g[1].1.len(), 8);
     }
 
     #[test]

@@ -260,7 +260,8 @@ impl PciBus {
         Ok(())
     }
 
-    /// The counters of the disks and network cards (`_diskN`, `_netN`), live.
+    /// The counters of the disks, network cards and vsock device (`_diskN`, `_netN`,
+    /// `_vsockN`), live.
     pub fn counters(&self) -> DeviceCounters {
         self.counters.clone()
     }
@@ -274,7 +275,9 @@ impl PciBus {
         }
         let dev =
             Vsock::new(cfg.cid, &cfg.socket).map_err(|e| dev_err("virtio-vsock")(e.to_string()))?;
+        let stats = dev.stats();
         self.add_virtio(Box::new(dev))?;
+        self.counters.add_vsock(stats);
         self.has_vsock = true;
         Ok(())
     }

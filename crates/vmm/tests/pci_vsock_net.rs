@@ -55,6 +55,11 @@ fn vsock_is_added_once_with_a_valid_cid_and_a_usable_socket() {
         })
         .unwrap_err();
     assert!(err.to_string().contains("at most one"), "{err}");
+    // Refused devices take no name; the one added reports its counters in vm.counters.
+    let groups = vm.pci().counters().groups();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0].0, "_vsock0");
+    assert!(groups[0].1.contains(&("connections", 0)), "{groups:?}");
     assert_eq!(
         cfg_read32(&vm, 1, 0),
         0x1053_1af4,
