@@ -39,8 +39,14 @@ if [ -n "$root" ]; then
 fi
 if [ -n "$test_name" ]; then
     if [ -f "/tests/$test_name.sh" ]; then
+        # The kernel's console lines (a driver bound again, say) would land in the middle of the
+        # script's KEY=value lines on the shared serial port: only emergencies (panics) reach
+        # the console while a script runs; the kernel log follows when the script failed.
+        echo 1 > /proc/sys/kernel/printk
         sh "/tests/$test_name.sh"
-        echo "THINVM-TEST-RC=$?"
+        rc=$?
+        echo "THINVM-TEST-RC=$rc"
+        [ "$rc" -eq 0 ] || dmesg | tail -n 60
     else
         echo "thinvm-init: no test script /tests/$test_name.sh"
     fi
