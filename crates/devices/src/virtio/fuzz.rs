@@ -92,6 +92,31 @@ pub fn balloon_queue(data: &[u8]) -> usize {
     served
 }
 
+/// virtio-net: serves the available chains as the tx queue, then (on a fresh copy of the
+/// memory) as the rx queue with frames waiting whose lengths come from the first bytes (up to
+/// one past the largest frame). Returns the chains returned.
+pub fn net_queue(data: &[u8]) -> usize {
+    use super::net::{serve_for_fuzz, MAX_FRAME};
+    let frames = data
+        .iter()
+        .take(8)
+        .map(|&b| match b % 4 {
+            0 => 14 + usize::from(b),
+            1 => 1514 + 12,
+            2 => MAX_FRAME,
+            _ => MAX_FRAME + 1,
+        })
+        .collect();
+    serve_for_fuzz(
+        memory(data),
+        queue(),
+        memory(data),
+        queue(),
+        frames,
+        Arc::new(NoInterrupt),
+    )
+}
+
 /// virtio-rng: serves every available request. Returns the number of requests returned.
 pub fn rng_queue(data: &[u8]) -> usize {
     let mem = memory(data);

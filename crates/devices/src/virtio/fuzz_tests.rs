@@ -185,3 +185,41 @@ fn balloon_mutations_never_panic() {
         assert!(balloon_queue(&d) <= 4 * usize::from(QUEUE));
     }
 }
+
+/// Memory with a tx frame in two buffers, then rx chains: a small buffer, the Linux "big
+/// packets" shape (header, then 72 KiB) and a chain too short for a header.
+fn net_seed() -> Vec<u8> {
+    let mut m = vec![0u8; 0x3_0000];
+    // Frames waiting for rx (first bytes): 14 + 4 bytes (0x04 % 4 = 0), then MAX_FRAME (0x02).
+    m[0] = 0x04;
+    m[1] = 0x02;
+    desc(&mut m, 0, 0x1000, 12, 1, 1); // tx: header ...
+    desc(&mut m, 1, 0x1100, 60, 0, 0); // ... and a 60-byte frame (both driver-readable)
+    desc(&mut m, 2, 0x2000, 1526, 2, 0); // rx: one small buffer
+    desc(&mut m, 3, 0x3000, 12, 3, 4); // rx: header ...
+    desc(&mut m, 4, 0x1_0000, 0x1_2000, 2, 0); // ... and 72 KiB
+    desc(&mut m, 5, 0x2800, 8, 2, 0); // rx: shorter than a header
+    for (i, head) in [0u16, 2, 3, 5].iter().enumerate() {
+        put(&mut m, AVAIL as usize + 4 + 2 * i, &head.to_le_bytes());
+    }
+    put(&mut m, AVAIL as usize + 2, &4u16.to_le_bytes());
+    m
+}
+
+#[test]
+fn net_seed_is_served_as_tx_and_rx() {
+    // tx: 4 chains (one frame sent, three refused: wrong direction); rx: the small buffer
+    // and the 72 KiB chain get a frame each, the tx chain and the short one are refused.
+    assert_eq!(net_queue(&net_seed()), 8);
+    assert_eq!(net_queue(&[]), 0);
+}
+
+#[test]
+fn net_mutations_never_panic() {
+    let seed = net_seed();
+    let mut rng = Rng(0x006e_6574);
+    for _ in 0..2000 {
+        let d = mutate(&seed, &mut rng);
+        assert!(net_queue(&d) <= 2 * usize::from(QUEUE));
+    }
+}

@@ -1,7 +1,8 @@
-//! Moving one frame between a descriptor chain and a buffer, with every descriptor checked.
+//! A descriptor chain as the guest memory it names, with every descriptor checked, so the
+//! backend reads and writes a frame in guest memory directly (no copy through a buffer).
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::{HDR_LEN, MAX_FRAME};
 
@@ -36,7 +37,7 @@ pub enum FrameError {
         /// Its length (so far).
         len: usize,
     },
-    /// The rx chain is smaller than the frame.
+    /// The rx chain is smaller than the frame (or than the header).
     #[error("rx frame of {frame} bytes does not fit in buffers of {room} bytes")]
     TooSmall {
         /// Frame length.
@@ -72,69 +73,135 @@ fn checked(
     Ok(descs)
 }
 
-/// Gathers a tx chain (driver-readable buffers only) into `out` (cleared first); the frame,
-/// header included, is at most [`MAX_FRAME`] bytes.
-pub fn tx_gather(
-    mem: &GuestMemoryMmap,
-    chain: impl Iterator<Item = Descriptor>,
-    out: &mut Vec<u8>,
-) -> Result<(), FrameError> {
-    out.clear();
-    let descs = checked(mem, chain, false)?;
+/// The guest memory of checked descriptors, in order; a buffer that crosses from one region
+/// of guest memory into the next becomes two slices.
+fn slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    descs: &[Descriptor],
+) -> Result<Vec<VolatileSlice<'m>>, FrameError> {
+    let mut out = Vec::with_capacity(descs.len());
     for d in descs {
-        let len = d.len() as usize;
-        let start = out.len();
-        let end = start
-            .checked_add(len)
-            .filter(|&e| e <= MAX_FRAME)
-            .ok_or(FrameError::TxSize { len: start + len })?;
-        out.resize(end, 0);
-        mem.read_slice(&mut out[start..end], d.addr())
-            .map_err(|_| FrameError::OutOfMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            })?;
+        let bad = || FrameError::OutOfMemory {
+            addr: d.addr().0,
+            len: d.len(),
+        };
+        for s in mem.get_slices(d.addr(), d.len() as usize) {
+            out.push(s.map_err(|_| bad())?);
+        }
     }
-    if out.len() < HDR_LEN {
-        return Err(FrameError::TxSize { len: out.len() });
+    // One iovec per slice: readv/writev take at most 1024.
+    if out.len() > MAX_DESCS {
+        return Err(FrameError::Broken);
     }
-    Ok(())
+    Ok(out)
 }
 
-/// Scatters `frame` (header included) into an rx chain (device-writable buffers only), after
-/// setting the header's `num_buffers` to 1; returns the bytes written. Nothing is written when
-/// the chain is bad or too small.
-pub fn rx_scatter(
+/// A tx chain (driver-readable buffers only) as the guest memory holding its frame, header
+/// included, which is [`HDR_LEN`]..=[`MAX_FRAME`] bytes. Returns the slices and the length.
+pub fn tx_slices(
     mem: &GuestMemoryMmap,
     chain: impl Iterator<Item = Descriptor>,
-    frame: &mut [u8],
-) -> Result<u32, FrameError> {
+) -> Result<(Vec<VolatileSlice<'_>>, usize), FrameError> {
+    let descs = checked(mem, chain, false)?;
+    let len = descs
+        .iter()
+        .fold(0usize, |a, d| a.saturating_add(d.len() as usize));
+    if !(HDR_LEN..=MAX_FRAME).contains(&len) {
+        return Err(FrameError::TxSize { len });
+    }
+    Ok((slices(mem, &descs)?, len))
+}
+
+/// An rx chain (device-writable buffers only) as the guest memory a frame is read into, and
+/// where its header lies (for [`set_num_buffers`]). The chain holds at least the header; the
+/// room counts at most [`MAX_FRAME`] + 1 bytes (a frame that fills more is too long).
+pub struct RxBuffers<'m> {
+    /// The buffers, in order, at most [`MAX_FRAME`] + 1 bytes together.
+    pub slices: Vec<VolatileSlice<'m>>,
+    /// Their total length.
+    pub room: usize,
+    header: Vec<(GuestAddress, usize)>,
+}
+
+/// Checks an rx chain and describes its buffers; nothing is written.
+pub fn rx_buffers(
+    mem: &GuestMemoryMmap,
+    chain: impl Iterator<Item = Descriptor>,
+) -> Result<RxBuffers<'_>, FrameError> {
     let descs = checked(mem, chain, true)?;
     let room = descs
         .iter()
         .fold(0usize, |a, d| a.saturating_add(d.len() as usize));
-    if room < frame.len() || frame.len() < HDR_LEN || frame.len() > MAX_FRAME {
+    if room < HDR_LEN {
         return Err(FrameError::TooSmall {
-            frame: frame.len(),
+            frame: HDR_LEN,
             room,
         });
     }
-    if let Some(nb) = frame.get_mut(10..12) {
-        nb.copy_from_slice(&1u16.to_le_bytes());
-    }
-    let mut rest: &[u8] = frame;
-    for d in descs {
-        if rest.is_empty() {
+    // Where the header's bytes lie: the first descriptors covering HDR_LEN bytes.
+    let mut header = Vec::new();
+    let mut need = HDR_LEN;
+    for d in &descs {
+        if need == 0 {
             break;
         }
-        let n = rest.len().min(d.len() as usize);
-        let (part, tail) = rest.split_at(n);
-        mem.write_slice(part, d.addr())
-            .map_err(|_| FrameError::OutOfMemory {
-                addr: d.addr().0,
-                len: d.len(),
-            })?;
-        rest = tail;
+        let n = need.min(d.len() as usize);
+        header.push((d.addr(), n));
+        need -= n;
     }
-    Ok(frame.len() as u32)
+    let mut slices = slices(mem, &descs)?;
+    // Keep the room to one byte past the largest frame: more only wastes iovecs.
+    let mut left = MAX_FRAME + 1;
+    slices.retain_mut(|s| {
+        if left == 0 {
+            return false;
+        }
+        if s.len() > left {
+            *s = s.subslice(0, left).unwrap_or(*s);
+        }
+        left -= s.len().min(left);
+        true
+    });
+    Ok(RxBuffers {
+        room: room.min(MAX_FRAME + 1),
+        slices,
+        header,
+    })
+}
+
+impl RxBuffers<'_> {
+    /// Copies `frame` into the buffers (it must fit).
+    pub fn fill(&self, frame: &[u8]) {
+        let mut rest = frame;
+        for s in &self.slices {
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(s.len());
+            let (part, tail) = rest.split_at(n);
+            s.copy_from(part);
+            rest = tail;
+        }
+    }
+}
+
+/// Sets the `num_buffers` field of the header at the start of `rx` to 1 (one chain per frame:
+/// mergeable buffers are not offered); the backend leaves those two bytes alone.
+pub fn set_num_buffers(mem: &GuestMemoryMmap, rx: &RxBuffers<'_>) -> Result<(), FrameError> {
+    let value = 1u16.to_le_bytes();
+    let mut at = 0usize;
+    for &(addr, len) in &rx.header {
+        for (i, b) in value.iter().enumerate() {
+            let off = 10 + i;
+            if (at..at + len).contains(&off) {
+                let a = addr
+                    .checked_add((off - at) as u64)
+                    .ok_or(FrameError::Broken)?;
+                mem.write_obj(*b, a)
+                    .map_err(|_| FrameError::OutOfMemory { addr: a.0, len: 1 })?;
+            }
+        }
+        at += len;
+    }
+    Ok(())
 }

@@ -2,15 +2,18 @@
 //!
 //! Two queues, receive (0) and transmit (1), no control queue. Every frame carries the 12-byte
 //! `virtio_net_hdr_v1` (VERSION_1 is mandatory), passed through unchanged to and from the
-//! backend, whose offloads are set from the features the guest accepted at activation.
-//! Mergeable rx buffers are not offered: an rx chain too small for a frame gets nothing and the
-//! frame is dropped and counted.
+//! backend, whose offloads are set from the features the guest accepted at activation. The
+//! backend reads and writes frames in guest memory itself (readv/writev on the TAP into the
+//! checked buffers of a chain); only rx chains smaller than the largest frame get theirs
+//! through a bounce buffer. Mergeable rx buffers are not offered: an rx chain too small for a
+//! frame gets nothing and the frame is dropped and counted.
 //!
 //! With [`Net::with_vhost`] the kernel's vhost-net serves the rings instead of the worker
 //! ([`vhost`]); the device then also offers what the kernel implements of mergeable rx buffers
 //! and indirect descriptors, and counts no frames (the VMM never sees them).
 
 mod frame;
+mod fuzz;
 pub mod tap;
 pub mod vhost;
 mod vhost_dev;
@@ -23,14 +26,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     device_type, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
     F_VERSION_1,
 };
-pub use frame::{rx_scatter, tx_gather, FrameError};
+pub use frame::{rx_buffers, set_num_buffers, tx_slices, FrameError, RxBuffers};
+pub(crate) use fuzz::serve_for_fuzz;
 pub use tap::{Tap, TapError};
 pub use vhost::{VhostError, VHOST_NET_PATH};
 pub use vhost_dev::VHOST_RING_FEATURES;
@@ -80,10 +84,12 @@ pub const OFFLOAD_FEATURES: u64 = F_CSUM
 
 /// Where frames go to and come from.
 pub trait NetBackend: Send + 'static {
-    /// Reads one frame (header included) into `buf`; `WouldBlock` when none is waiting.
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Writes one frame (header included).
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Reads one frame (header included) into `bufs`, in order; `WouldBlock` when none is
+    /// waiting. Returns the bytes read: a frame longer than `bufs` is cut, as a TAP does, so
+    /// a caller that must know gives one byte more than the largest frame.
+    fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+    /// Writes one frame (header included) gathered from `bufs`, in order.
+    fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<()>;
     /// A descriptor that polls readable when a frame is waiting (non-blocking).
     fn raw_fd(&self) -> RawFd;
     /// Enables the offloads of the guest's accepted `features` (virtio-net bits).
@@ -97,7 +103,8 @@ pub struct NetStats {
     pub rx_bytes: AtomicU64,
     /// Frames given to the guest.
     pub rx_frames: AtomicU64,
-    /// Frames from the backend dropped (rx chain too small or bad, or queued at a reset).
+    /// Frames from the backend dropped (rx chain too small, or queued at a reset), and bad rx
+    /// chains returned unused: with `rx_frames`, every rx chain returned.
     pub rx_drops: AtomicU64,
     /// Bytes sent by the guest (headers excluded).
     pub tx_bytes: AtomicU64,
@@ -250,8 +257,7 @@ impl VirtioDevice for Net {
             backend: self.backend.clone(),
             interrupt,
             stats: self.stats.clone(),
-            pending: None,
-            buf: vec![0; MAX_FRAME],
+            bounce: vec![0; MAX_FRAME + 1],
             log: crate::legacy::GuestLog::default(),
         };
         let w = worker::NetWorker::spawn(queues, events, fd).map_err(|source| {
@@ -291,7 +297,7 @@ impl Net {
         let mut buf = vec![0; MAX_FRAME];
         let mut dropped = 0;
         while dropped < RESET_DRAIN_FRAMES {
-            match b.read_frame(&mut buf) {
+            match b.read_frame(&[VolatileSlice::from(&mut buf[..])]) {
                 Ok(_) => dropped += 1,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,

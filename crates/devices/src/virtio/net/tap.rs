@@ -2,9 +2,11 @@
 //! and a 12-byte vnet header, non-blocking; or a TAP descriptor inherited from the parent.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+
+use vm_memory::VolatileSlice;
 
 use super::{NetBackend, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, HDR_LEN};
 
@@ -175,17 +177,51 @@ pub fn offload_flags(features: u64) -> libc::c_uint {
     f
 }
 
+/// Runs `op` on iovecs describing `bufs` (guest memory, or a caller's buffer).
+fn with_iovecs<R>(bufs: &[VolatileSlice<'_>], op: impl FnOnce(&[libc::iovec]) -> R) -> R {
+    // The guards keep each slice's mapping valid until the syscall has returned.
+    let guards: Vec<_> = bufs.iter().map(|b| b.ptr_guard_mut()).collect();
+    let iov: Vec<libc::iovec> = guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect();
+    op(&iov)
+}
+
+fn iov_count(iov: &[libc::iovec]) -> io::Result<libc::c_int> {
+    libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
 impl NetBackend for Tap {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+    fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
+        with_iovecs(bufs, |iov| {
+            let count = iov_count(iov)?;
+            // SAFETY: every iovec describes memory that stays mapped and writable for the call
+            // (the guards above); the kernel writes at most their lengths. A guest may touch
+            // the same bytes meanwhile, which only changes the frame it receives.
+            let n = unsafe { libc::readv(fd, iov.as_ptr(), count) };
+            // tun returns the whole frame's length even when the buffers were shorter.
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        })
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        let n = self.file.write(frame)?;
-        if n != frame.len() {
+    fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let n = with_iovecs(bufs, |iov| {
+            let count = iov_count(iov)?;
+            // SAFETY: every iovec describes mapped memory that the kernel only reads, for the
+            // call (the guards above).
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), count) };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        })?;
+        if n != len {
             return Err(io::Error::other(format!(
-                "short TAP write: {n} of {} bytes",
-                frame.len()
+                "short TAP write: {n} of {len} bytes"
             )));
         }
         Ok(())

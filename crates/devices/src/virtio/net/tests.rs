@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::QueueT;
 
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, VolatileSlice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::worker::NetQueues;
@@ -72,6 +72,8 @@ struct FakeState {
     incoming: VecDeque<Vec<u8>>,
     sent: Vec<Vec<u8>>,
     offload: Option<u64>,
+    /// The buffers (how many, room) each read was given.
+    rooms: Vec<(usize, usize)>,
 }
 
 struct Fake {
@@ -80,15 +82,36 @@ struct Fake {
 }
 
 impl NetBackend for Fake {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let f = self.state.lock().unwrap().incoming.pop_front();
+    /// As tun does: the frame's bytes from the start, cut at the buffers' end, and the bytes
+    /// read; the header's `num_buffers` (bytes 10..12) is left alone. Records the buffers given.
+    fn read_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        let mut st = self.state.lock().unwrap();
+        let f = st.incoming.pop_front();
         let f = f.ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        let n = f.len().min(buf.len());
-        buf[..n].copy_from_slice(&f[..n]);
-        Ok(n)
+        st.rooms
+            .push((bufs.len(), bufs.iter().map(|b| b.len()).sum()));
+        let mut at = 0;
+        for b in bufs {
+            for i in 0..b.len() {
+                if at >= f.len() {
+                    return Ok(at);
+                }
+                if !(10..12).contains(&at) {
+                    b.write_slice(&[f[at]], i).unwrap();
+                }
+                at += 1;
+            }
+        }
+        Ok(at)
     }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.state.lock().unwrap().sent.push(frame.to_vec());
+    fn write_frame(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<()> {
+        let mut frame = Vec::new();
+        for b in bufs {
+            let mut part = vec![0; b.len()];
+            b.copy_to(&mut part[..]);
+            frame.extend_from_slice(&part);
+        }
+        self.state.lock().unwrap().sent.push(frame);
         Ok(())
     }
     fn raw_fd(&self) -> RawFd {
@@ -149,8 +172,7 @@ fn setup() -> Setup {
         backend: Arc::new(Mutex::new(backend)),
         interrupt: irq.clone(),
         stats: Arc::default(),
-        pending: None,
-        buf: vec![0; MAX_FRAME],
+        bounce: vec![0; MAX_FRAME + 1],
         log: crate::legacy::GuestLog::default(),
     };
     Setup {

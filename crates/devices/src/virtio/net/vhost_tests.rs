@@ -135,10 +135,10 @@ fn a_host_without_vhost_net_is_a_clear_error() {
 struct NoTap;
 
 impl crate::virtio::net::NetBackend for NoTap {
-    fn read_frame(&mut self, _buf: &mut [u8]) -> std::io::Result<usize> {
+    fn read_frame(&mut self, _bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<usize> {
         Err(std::io::ErrorKind::WouldBlock.into())
     }
-    fn write_frame(&mut self, _frame: &[u8]) -> std::io::Result<()> {
+    fn write_frame(&mut self, _bufs: &[vm_memory::VolatileSlice<'_>]) -> std::io::Result<()> {
         Ok(())
     }
     fn raw_fd(&self) -> std::os::fd::RawFd {

@@ -1,5 +1,9 @@
 //! The net worker thread: serves the tx queue when the guest notifies it and moves frames from
-//! the backend into rx buffers when the backend is readable and buffers exist.
+//! the backend into rx buffers when the backend is readable and buffers exist. A tx chain is
+//! written from guest memory with one writev. An rx chain is taken before the backend is read:
+//! one that holds the largest frame (a driver with TSO posts such chains) gets the frame by
+//! one readv into guest memory; a smaller one gets it through a bounce buffer, since a TAP cuts
+//! a frame that does not fit without saying so.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -7,12 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{rx_scatter, tx_gather, NetBackend, NetStats, HDR_LEN};
+use vm_memory::VolatileSlice;
+
+use super::{rx_buffers, set_num_buffers, tx_slices, NetBackend, NetStats, HDR_LEN, MAX_FRAME};
 use crate::legacy::GuestLog;
 use crate::virtio::{InterruptKind, VirtioInterrupt};
 
@@ -29,9 +35,9 @@ pub(super) struct NetQueues {
     pub backend: Arc<Mutex<Box<dyn NetBackend>>>,
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub stats: Arc<NetStats>,
-    /// Length of a frame read from the backend, in `buf`, waiting for rx buffers.
-    pub pending: Option<usize>,
-    pub buf: Vec<u8>,
+    /// Frames for rx chains smaller than the largest frame land here first
+    /// ([`MAX_FRAME`] + 1 bytes: a frame that fills it is too long).
+    pub bounce: Vec<u8>,
     pub log: GuestLog,
 }
 
@@ -44,32 +50,28 @@ fn payload(len: usize) -> u64 {
 }
 
 impl NetQueues {
-    fn backend(&self) -> MutexGuard<'_, Box<dyn NetBackend>> {
-        lock(&self.backend)
-    }
-
     /// Sends every available tx chain to the backend.
     pub fn process_tx(&mut self) {
         let mut used = false;
-        let mut frame = Vec::new();
         loop {
             let _ = self.tx.disable_notification(&self.mem);
             let mut progress = false;
             while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
                 progress = true;
                 let head = chain.head_index();
-                let sent = match tx_gather(&self.mem, chain, &mut frame) {
-                    Ok(()) => self
-                        .backend()
-                        .write_frame(&frame)
+                let sent = match tx_slices(&self.mem, chain) {
+                    Ok((bufs, len)) => lock(&self.backend)
+                        .write_frame(&bufs)
+                        .map(|()| len)
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 match sent {
-                    Ok(()) => {
+                    Ok(len) => {
                         self.stats.tx_frames.fetch_add(1, Ordering::Relaxed);
-                        let n = payload(frame.len());
-                        self.stats.tx_bytes.fetch_add(n, Ordering::Relaxed);
+                        self.stats
+                            .tx_bytes
+                            .fetch_add(payload(len), Ordering::Relaxed);
                     }
                     Err(e) => {
                         self.stats.tx_drops.fetch_add(1, Ordering::Relaxed);
@@ -93,28 +95,13 @@ impl NetQueues {
         }
     }
 
-    /// Moves frames from the backend into rx buffers until either runs out. Returns whether the
-    /// backend may still have frames (a frame waits for buffers).
+    /// Moves frames from the backend into rx buffers until either runs out. Returns whether
+    /// the guest ran out of buffers (frames may then wait in the backend until it adds some and
+    /// notifies the queue).
     pub fn process_rx(&mut self) -> bool {
         let mut used = false;
+        let mut starved = false;
         loop {
-            let len = match self.pending.take() {
-                Some(l) => l,
-                None => {
-                    let r = { lock(&self.backend).read_frame(&mut self.buf) };
-                    match r {
-                        Ok(n) => n.min(self.buf.len()),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            if e.kind() != io::ErrorKind::WouldBlock {
-                                self.log
-                                    .warn(format_args!("virtio-net: rx read failed: {e}"));
-                            }
-                            break;
-                        }
-                    }
-                }
-            };
             let mut chain = self.rx.pop_descriptor_chain(&self.mem);
             // Out of buffers: re-arm the notification, and look once more for buffers the
             // driver added meanwhile (once only: a bogus avail index must not spin).
@@ -122,37 +109,84 @@ impl NetQueues {
                 chain = self.rx.pop_descriptor_chain(&self.mem);
             }
             let Some(chain) = chain else {
-                self.pending = Some(len);
+                starved = true;
                 break;
             };
             let head = chain.head_index();
-            let frame = self.buf.get_mut(..len).unwrap_or_default();
-            let n = match rx_scatter(&self.mem, chain, frame) {
-                Ok(n) => {
-                    self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .rx_bytes
-                        .fetch_add(payload(len), Ordering::Relaxed);
-                    n
-                }
+            let bufs = match rx_buffers(&self.mem, chain) {
+                Ok(b) => b,
                 Err(e) => {
                     self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
-                    self.log.warn(format_args!(
-                        "virtio-net: rx frame dropped (chain {head}): {e}"
-                    ));
-                    0
+                    self.log
+                        .warn(format_args!("virtio-net: rx chain {head} refused: {e}"));
+                    self.return_rx(head, 0);
+                    used = true;
+                    continue;
                 }
             };
-            if let Err(e) = self.rx.add_used(&self.mem, head, n) {
+            let r = {
+                let mut backend = lock(&self.backend);
+                if bufs.room > MAX_FRAME {
+                    backend.read_frame(&bufs.slices)
+                } else {
+                    let bounce = &mut self.bounce[..];
+                    let r = backend.read_frame(&[VolatileSlice::from(&mut *bounce)]);
+                    if let Ok(n) = r {
+                        if let Some(frame) = bounce.get(..n).filter(|_| n <= bufs.room) {
+                            bufs.fill(frame);
+                        }
+                    }
+                    r
+                }
+            };
+            let len = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    // No frame: the chain goes back to the ring for the next one.
+                    self.rx.go_to_previous_position();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.log
+                            .warn(format_args!("virtio-net: rx read failed: {e}"));
+                    }
+                    break;
+                }
+            };
+            let n = if len > bufs.room.min(MAX_FRAME) || len < HDR_LEN {
+                self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
+                self.log.warn(format_args!(
+                    "virtio-net: rx frame of {len} bytes dropped (chain {head} holds {})",
+                    bufs.room
+                ));
+                0
+            } else if let Err(e) = set_num_buffers(&self.mem, &bufs) {
+                self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
                 self.log
-                    .warn(format_args!("virtio-net: cannot return rx {head}: {e:?}"));
-            }
+                    .warn(format_args!("virtio-net: rx chain {head}: {e}"));
+                0
+            } else {
+                self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rx_bytes
+                    .fetch_add(payload(len), Ordering::Relaxed);
+                len as u32
+            };
+            self.return_rx(head, n);
             used = true;
         }
         if used && !matches!(self.rx.needs_notification(&self.mem), Ok(false)) {
             let _ = self.interrupt.trigger(InterruptKind::Queue(0));
         }
-        self.pending.is_some()
+        starved
+    }
+
+    fn return_rx(&mut self, head: u16, len: u32) {
+        if let Err(e) = self.rx.add_used(&self.mem, head, len) {
+            self.log
+                .warn(format_args!("virtio-net: cannot return rx {head}: {e:?}"));
+        }
     }
 }
 
