@@ -92,12 +92,22 @@ pub fn balloon_queue(data: &[u8]) -> usize {
     served
 }
 
+/// Where [`net_queue`] reads its frame lengths (8 bytes) and its mergeable flag (1 byte).
+pub const NET_SPEC: usize = 0x300;
+
 /// virtio-net: serves the available chains as the tx queue, then (on a fresh copy of the
-/// memory) as the rx queue with frames waiting whose lengths come from the first bytes (up to
-/// one past the largest frame). Returns the chains returned.
+/// memory) as the rx queue with frames waiting whose lengths come from the bytes at
+/// [`NET_SPEC`] (small, MTU-sized, the largest, one past the largest), with mergeable rx
+/// buffers when the byte after them is odd. Returns the chains returned.
 pub fn net_queue(data: &[u8]) -> usize {
+    net_serve(data).0
+}
+
+/// [`net_queue`], also returning the frames the guest got.
+fn net_serve(data: &[u8]) -> (usize, u64) {
     use super::net::{serve_for_fuzz, MAX_FRAME};
-    let frames = data
+    let spec = data.get(NET_SPEC..).unwrap_or_default();
+    let frames = spec
         .iter()
         .take(8)
         .map(|&b| match b % 4 {
@@ -113,6 +123,7 @@ pub fn net_queue(data: &[u8]) -> usize {
         memory(data),
         queue(),
         frames,
+        spec.get(8).is_some_and(|b| b & 1 == 1),
         Arc::new(NoInterrupt),
     )
 }

@@ -190,9 +190,9 @@ fn balloon_mutations_never_panic() {
 /// packets" shape (header, then 72 KiB) and a chain too short for a header.
 fn net_seed() -> Vec<u8> {
     let mut m = vec![0u8; 0x3_0000];
-    // Frames waiting for rx (first bytes): 14 + 4 bytes (0x04 % 4 = 0), then MAX_FRAME (0x02).
-    m[0] = 0x04;
-    m[1] = 0x02;
+    // Frames waiting for rx: 14 + 4 bytes (0x04 % 4 = 0), then the largest (0x02).
+    m[NET_SPEC] = 0x04;
+    m[NET_SPEC + 1] = 0x02;
     desc(&mut m, 0, 0x1000, 12, 1, 1); // tx: header ...
     desc(&mut m, 1, 0x1100, 60, 0, 0); // ... and a 60-byte frame (both driver-readable)
     desc(&mut m, 2, 0x2000, 1526, 2, 0); // rx: one small buffer
@@ -210,8 +210,13 @@ fn net_seed() -> Vec<u8> {
 fn net_seed_is_served_as_tx_and_rx() {
     // tx: 4 chains (one frame sent, three refused: wrong direction); rx: the small buffer
     // and the 72 KiB chain get a frame each, the tx chain and the short one are refused.
-    assert_eq!(net_queue(&net_seed()), 8);
+    assert_eq!(net_serve(&net_seed()), (8, 2), "both frames delivered");
     assert_eq!(net_queue(&[]), 0);
+    // With mergeable buffers: the small buffer and the big chain are held together (room for
+    // the largest frame), then each frame takes the chains it needs in ring order.
+    let mut m = net_seed();
+    m[NET_SPEC + 8] = 1;
+    assert_eq!(net_serve(&m), (8, 2));
 }
 
 #[test]

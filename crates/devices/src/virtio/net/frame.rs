@@ -112,22 +112,24 @@ pub fn tx_slices(
     Ok((slices(mem, &descs)?, len))
 }
 
-/// An rx chain (device-writable buffers only) as the guest memory a frame is read into, and
-/// where its header lies (for [`set_num_buffers`]). The chain holds at least the header; the
-/// room counts at most [`MAX_FRAME`] + 1 bytes (a frame that fills more is too long).
-pub struct RxBuffers<'m> {
-    /// The buffers, in order, at most [`MAX_FRAME`] + 1 bytes together.
-    pub slices: Vec<VolatileSlice<'m>>,
-    /// Their total length.
+/// An rx chain taken from the ring: its head and its checked device-writable buffers, at least
+/// [`HDR_LEN`] bytes together. It names guest memory only by address, so it can wait for a
+/// frame across calls.
+#[derive(Debug)]
+pub struct RxChain {
+    /// The chain's head index.
+    pub head: u16,
+    /// The buffers' total length.
     pub room: usize,
-    header: Vec<(GuestAddress, usize)>,
+    parts: Vec<(GuestAddress, usize)>,
 }
 
 /// Checks an rx chain and describes its buffers; nothing is written.
-pub fn rx_buffers(
+pub fn rx_chain(
     mem: &GuestMemoryMmap,
+    head: u16,
     chain: impl Iterator<Item = Descriptor>,
-) -> Result<RxBuffers<'_>, FrameError> {
+) -> Result<RxChain, FrameError> {
     let descs = checked(mem, chain, true)?;
     let room = descs
         .iter()
@@ -138,70 +140,77 @@ pub fn rx_buffers(
             room,
         });
     }
-    // Where the header's bytes lie: the first descriptors covering HDR_LEN bytes.
-    let mut header = Vec::new();
-    let mut need = HDR_LEN;
-    for d in &descs {
-        if need == 0 {
-            break;
-        }
-        let n = need.min(d.len() as usize);
-        header.push((d.addr(), n));
-        need -= n;
-    }
-    let mut slices = slices(mem, &descs)?;
-    // Keep the room to one byte past the largest frame: more only wastes iovecs.
-    let mut left = MAX_FRAME + 1;
-    slices.retain_mut(|s| {
-        if left == 0 {
-            return false;
-        }
-        if s.len() > left {
-            *s = s.subslice(0, left).unwrap_or(*s);
-        }
-        left -= s.len().min(left);
-        true
-    });
-    Ok(RxBuffers {
-        room: room.min(MAX_FRAME + 1),
-        slices,
-        header,
-    })
+    // The buffers must also be describable as iovecs (at most MAX_DESCS pieces).
+    slices(mem, &descs)?;
+    let parts = descs.iter().map(|d| (d.addr(), d.len() as usize)).collect();
+    Ok(RxChain { head, room, parts })
 }
 
-impl RxBuffers<'_> {
-    /// Copies `frame` into the buffers (it must fit).
-    pub fn fill(&self, frame: &[u8]) {
-        let mut rest = frame;
-        for s in &self.slices {
+impl RxChain {
+    /// Appends to `out` the guest memory of the chain's first `limit` bytes (at most its
+    /// room); returns the bytes appended.
+    pub fn slices_into<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        limit: usize,
+        out: &mut Vec<VolatileSlice<'m>>,
+    ) -> Result<usize, FrameError> {
+        let mut left = limit.min(self.room);
+        for &(addr, len) in &self.parts {
+            if left == 0 {
+                break;
+            }
+            let n = len.min(left);
+            for s in mem.get_slices(addr, n) {
+                out.push(s.map_err(|_| FrameError::OutOfMemory {
+                    addr: addr.0,
+                    len: len as u32,
+                })?);
+            }
+            left -= n;
+        }
+        Ok(limit.min(self.room) - left)
+    }
+
+    /// Copies `data` (at most the room) into the chain's buffers.
+    pub fn write(&self, mem: &GuestMemoryMmap, data: &[u8]) -> Result<(), FrameError> {
+        let mut rest = data;
+        for &(addr, len) in &self.parts {
             if rest.is_empty() {
                 break;
             }
-            let n = rest.len().min(s.len());
-            let (part, tail) = rest.split_at(n);
-            s.copy_from(part);
+            let (part, tail) = rest.split_at(len.min(rest.len()));
+            mem.write_slice(part, addr)
+                .map_err(|_| FrameError::OutOfMemory {
+                    addr: addr.0,
+                    len: len as u32,
+                })?;
             rest = tail;
         }
+        Ok(())
     }
-}
 
-/// Sets the `num_buffers` field of the header at the start of `rx` to 1 (one chain per frame:
-/// mergeable buffers are not offered); the backend leaves those two bytes alone.
-pub fn set_num_buffers(mem: &GuestMemoryMmap, rx: &RxBuffers<'_>) -> Result<(), FrameError> {
-    let value = 1u16.to_le_bytes();
-    let mut at = 0usize;
-    for &(addr, len) in &rx.header {
-        for (i, b) in value.iter().enumerate() {
-            let off = 10 + i;
-            if (at..at + len).contains(&off) {
-                let a = addr
-                    .checked_add((off - at) as u64)
-                    .ok_or(FrameError::Broken)?;
-                mem.write_obj(*b, a)
-                    .map_err(|_| FrameError::OutOfMemory { addr: a.0, len: 1 })?;
+    /// Sets the `num_buffers` field of the header at the start of the chain to `n` (the chains
+    /// the frame spans; 1 without mergeable buffers). The backend leaves those bytes alone.
+    pub fn set_num_buffers(&self, mem: &GuestMemoryMmap, n: u16) -> Result<(), FrameError> {
+        let value = n.to_le_bytes();
+        let mut at = 0usize;
+        for &(addr, len) in &self.parts {
+            for (i, b) in value.iter().enumerate() {
+                let off = 10 + i;
+                if (at..at + len).contains(&off) {
+                    let a = addr
+                        .checked_add((off - at) as u64)
+                        .ok_or(FrameError::Broken)?;
+                    mem.write_obj(*b, a)
+                        .map_err(|_| FrameError::OutOfMemory { addr: a.0, len: 1 })?;
+                }
+            }
+            at += len;
+            if at >= HDR_LEN {
+                break;
             }
         }
-        at += len;
+        Ok(())
     }
-    Ok(())
 }

@@ -50,15 +50,17 @@ impl NetBackend for MemBackend {
 }
 
 /// Serves `queue` as the tx queue on `tx_mem`, then `rx_queue` as the rx queue on `rx_mem`
-/// with frames of `frames` bytes waiting. Returns the chains returned.
+/// with frames of `frames` bytes waiting (with mergeable rx buffers if `mergeable`). Returns
+/// the chains returned and the frames the guest got.
 pub(crate) fn serve_for_fuzz(
     tx_mem: GuestMemoryMmap,
     tx_queue: Queue,
     rx_mem: GuestMemoryMmap,
     rx_queue: Queue,
     frames: Vec<usize>,
+    mergeable: bool,
     interrupt: Arc<dyn VirtioInterrupt>,
-) -> usize {
+) -> (usize, u64) {
     let idle = || Queue::new(16).expect("16 is a valid queue size");
     let backend: Box<dyn NetBackend> = Box::new(MemBackend {
         frames: frames.into(),
@@ -71,7 +73,10 @@ pub(crate) fn serve_for_fuzz(
         backend: backend.clone(),
         interrupt: interrupt.clone(),
         stats: Arc::default(),
+        mergeable,
+        held: Default::default(),
         bounce: vec![0; MAX_FRAME + 1],
+        pending: None,
         log: crate::legacy::GuestLog::default(),
     };
     let mut tx = queues(tx_mem, idle(), tx_queue);
@@ -83,5 +88,9 @@ pub(crate) fn serve_for_fuzz(
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         get(&s.tx_frames) + get(&s.tx_drops) + get(&s.rx_frames) + get(&s.rx_drops)
     };
-    (count(&tx) + count(&rx)) as usize
+    let got = rx
+        .stats
+        .rx_frames
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ((count(&tx) + count(&rx)) as usize, got)
 }

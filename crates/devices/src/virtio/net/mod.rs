@@ -5,15 +5,17 @@
 //! backend, whose offloads are set from the features the guest accepted at activation. The
 //! backend reads and writes frames in guest memory itself (readv/writev on the TAP into the
 //! checked buffers of a chain); only rx chains smaller than the largest frame get theirs
-//! through a bounce buffer. Mergeable rx buffers are not offered: an rx chain too small for a
-//! frame gets nothing and the frame is dropped and counted.
+//! through a bounce buffer. With mergeable rx buffers (offered on both paths) a frame spans as
+//! many rx chains as it needs; without them an rx chain too small for a frame gets nothing and
+//! the frame is dropped and counted.
 //!
 //! With [`Net::with_vhost`] the kernel's vhost-net serves the rings instead of the worker
-//! ([`vhost`]); the device then also offers what the kernel implements of mergeable rx buffers
-//! and indirect descriptors, and counts no frames (the VMM never sees them).
+//! ([`vhost`]); the device then also offers indirect descriptors, as the kernel implements
+//! them, and counts no frames (the VMM never sees them).
 
 mod frame;
 mod fuzz;
+mod rx;
 pub mod tap;
 pub mod vhost;
 mod vhost_dev;
@@ -33,7 +35,7 @@ use super::{
     device_type, read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, F_RING_EVENT_IDX,
     F_VERSION_1,
 };
-pub use frame::{rx_buffers, set_num_buffers, tx_slices, FrameError, RxBuffers};
+pub use frame::{rx_chain, tx_slices, FrameError, RxChain};
 pub(crate) use fuzz::serve_for_fuzz;
 pub use tap::{Tap, TapError};
 pub use vhost::{VhostError, VHOST_NET_PATH};
@@ -51,7 +53,7 @@ const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 pub const F_CSUM: u64 = 1 << 0;
 /// Feature: the driver handles partial checksums (host to guest).
 pub const F_GUEST_CSUM: u64 = 1 << 1;
-/// Feature: the driver can merge rx buffers (offered only with vhost-net).
+/// Feature: the driver can merge rx buffers (a frame spans several rx chains).
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 /// Feature: the device has a MAC address in its config.
 pub const F_MAC: u64 = 1 << 5;
@@ -195,7 +197,7 @@ impl VirtioDevice for Net {
     fn features(&self) -> u64 {
         let ring = match &self.vhost {
             Some(v) => v.ring_features(),
-            None => F_VERSION_1 | F_RING_EVENT_IDX,
+            None => F_VERSION_1 | F_RING_EVENT_IDX | F_MRG_RXBUF,
         };
         ring | F_MAC | F_STATUS | OFFLOAD_FEATURES
     }
@@ -257,7 +259,10 @@ impl VirtioDevice for Net {
             backend: self.backend.clone(),
             interrupt,
             stats: self.stats.clone(),
+            mergeable: self.acked & F_MRG_RXBUF != 0,
+            held: Default::default(),
             bounce: vec![0; MAX_FRAME + 1],
+            pending: None,
             log: crate::legacy::GuestLog::default(),
         };
         let w = worker::NetWorker::spawn(queues, events, fd).map_err(|source| {

@@ -172,7 +172,10 @@ fn setup() -> Setup {
         backend: Arc::new(Mutex::new(backend)),
         interrupt: irq.clone(),
         stats: Arc::default(),
+        mergeable: false,
+        held: Default::default(),
         bounce: vec![0; MAX_FRAME + 1],
+        pending: None,
         log: crate::legacy::GuestLog::default(),
     };
     Setup {
@@ -192,3 +195,5 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 mod device;
 #[path = "ring_tests.rs"]
 mod ring;
+#[path = "rx_tests.rs"]
+mod rx;

@@ -1,24 +1,21 @@
 //! The net worker thread: serves the tx queue when the guest notifies it and moves frames from
-//! the backend into rx buffers when the backend is readable and buffers exist. A tx chain is
-//! written from guest memory with one writev. An rx chain is taken before the backend is read:
-//! one that holds the largest frame (a driver with TSO posts such chains) gets the frame by
-//! one readv into guest memory; a smaller one gets it through a bounce buffer, since a TAP cuts
-//! a frame that does not fit without saying so.
+//! the backend into rx buffers when the backend is readable and buffers exist (see [`super::rx`]).
+//! A tx chain is written from guest memory with one writev.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use vm_memory::VolatileSlice;
-
-use super::{rx_buffers, set_num_buffers, tx_slices, NetBackend, NetStats, HDR_LEN, MAX_FRAME};
+use super::frame::RxChain;
+use super::{tx_slices, NetBackend, NetStats, HDR_LEN};
 use crate::legacy::GuestLog;
 use crate::virtio::{InterruptKind, VirtioInterrupt};
 
@@ -35,17 +32,23 @@ pub(super) struct NetQueues {
     pub backend: Arc<Mutex<Box<dyn NetBackend>>>,
     pub interrupt: Arc<dyn VirtioInterrupt>,
     pub stats: Arc<NetStats>,
+    /// Whether the driver accepted mergeable rx buffers (a frame may span several chains).
+    pub mergeable: bool,
+    /// Rx chains taken from the ring, waiting for frames, in ring order.
+    pub held: VecDeque<RxChain>,
     /// Frames for rx chains smaller than the largest frame land here first
-    /// ([`MAX_FRAME`] + 1 bytes: a frame that fills it is too long).
+    /// ([`MAX_FRAME`](super::MAX_FRAME) + 1 bytes: a frame that fills it is too long).
     pub bounce: Vec<u8>,
+    /// Length of a frame in `bounce` waiting for more rx chains (mergeable buffers only).
+    pub pending: Option<usize>,
     pub log: GuestLog,
 }
 
-fn lock(b: &Mutex<Box<dyn NetBackend>>) -> MutexGuard<'_, Box<dyn NetBackend>> {
+pub(super) fn lock(b: &Mutex<Box<dyn NetBackend>>) -> MutexGuard<'_, Box<dyn NetBackend>> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn payload(len: usize) -> u64 {
+pub(super) fn payload(len: usize) -> u64 {
     len.saturating_sub(HDR_LEN) as u64
 }
 
@@ -92,100 +95,6 @@ impl NetQueues {
         }
         if used && !matches!(self.tx.needs_notification(&self.mem), Ok(false)) {
             let _ = self.interrupt.trigger(InterruptKind::Queue(1));
-        }
-    }
-
-    /// Moves frames from the backend into rx buffers until either runs out. Returns whether
-    /// the guest ran out of buffers (frames may then wait in the backend until it adds some and
-    /// notifies the queue).
-    pub fn process_rx(&mut self) -> bool {
-        let mut used = false;
-        let mut starved = false;
-        loop {
-            let mut chain = self.rx.pop_descriptor_chain(&self.mem);
-            // Out of buffers: re-arm the notification, and look once more for buffers the
-            // driver added meanwhile (once only: a bogus avail index must not spin).
-            if chain.is_none() && matches!(self.rx.enable_notification(&self.mem), Ok(true)) {
-                chain = self.rx.pop_descriptor_chain(&self.mem);
-            }
-            let Some(chain) = chain else {
-                starved = true;
-                break;
-            };
-            let head = chain.head_index();
-            let bufs = match rx_buffers(&self.mem, chain) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
-                    self.log
-                        .warn(format_args!("virtio-net: rx chain {head} refused: {e}"));
-                    self.return_rx(head, 0);
-                    used = true;
-                    continue;
-                }
-            };
-            let r = {
-                let mut backend = lock(&self.backend);
-                if bufs.room > MAX_FRAME {
-                    backend.read_frame(&bufs.slices)
-                } else {
-                    let bounce = &mut self.bounce[..];
-                    let r = backend.read_frame(&[VolatileSlice::from(&mut *bounce)]);
-                    if let Ok(n) = r {
-                        if let Some(frame) = bounce.get(..n).filter(|_| n <= bufs.room) {
-                            bufs.fill(frame);
-                        }
-                    }
-                    r
-                }
-            };
-            let len = match r {
-                Ok(n) => n,
-                Err(e) => {
-                    // No frame: the chain goes back to the ring for the next one.
-                    self.rx.go_to_previous_position();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        self.log
-                            .warn(format_args!("virtio-net: rx read failed: {e}"));
-                    }
-                    break;
-                }
-            };
-            let n = if len > bufs.room.min(MAX_FRAME) || len < HDR_LEN {
-                self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
-                self.log.warn(format_args!(
-                    "virtio-net: rx frame of {len} bytes dropped (chain {head} holds {})",
-                    bufs.room
-                ));
-                0
-            } else if let Err(e) = set_num_buffers(&self.mem, &bufs) {
-                self.stats.rx_drops.fetch_add(1, Ordering::Relaxed);
-                self.log
-                    .warn(format_args!("virtio-net: rx chain {head}: {e}"));
-                0
-            } else {
-                self.stats.rx_frames.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .rx_bytes
-                    .fetch_add(payload(len), Ordering::Relaxed);
-                len as u32
-            };
-            self.return_rx(head, n);
-            used = true;
-        }
-        if used && !matches!(self.rx.needs_notification(&self.mem), Ok(false)) {
-            let _ = self.interrupt.trigger(InterruptKind::Queue(0));
-        }
-        starved
-    }
-
-    fn return_rx(&mut self, head: u16, len: u32) {
-        if let Err(e) = self.rx.add_used(&self.mem, head, len) {
-            self.log
-                .warn(format_args!("virtio-net: cannot return rx {head}: {e:?}"));
         }
     }
 }
