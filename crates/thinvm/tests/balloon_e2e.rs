@@ -8,6 +8,11 @@
 //!    by socat to `--api-socket`, and reads the RSS again once the guest saw its memory shrink:
 //!    it must have fallen by at least 100 MiB. Free page reporting is off in this phase, so only
 //!    the balloon can give memory back.
+//!    Then the guest unbinds `virtio_balloon` with the balloon inflated (the driver deflates it
+//!    all, then resets the device: MemTotal is whole again) and binds it again: the driver
+//!    inflates to the target it reads (128 MiB), a resize to 160 MiB lowers MemTotal further,
+//!    and the statistics (`guest_total_memory` in `vm.counters`) show the smaller guest, so the
+//!    new stats queue delivers.
 //! 2. Free page reporting: a second VM with a bare `--balloon` (reporting on) fills 150 MiB,
 //!    frees it, and the VMM's RSS must fall by at least 75 MiB within 30 s (the guest reports
 //!    2 MiB+ blocks about 2 s after they became free).
@@ -44,7 +49,26 @@ i=0
 while [ $((before - $(memtotal))) -lt 125000 ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
 echo "GUEST-MEMTOTAL-AFTER=$(memtotal)"
 echo GUEST-INFLATED
-sleep 15
+# The outer machine reads the VMM's RSS meanwhile.
+sleep 10
+# Unbind with the balloon inflated: the driver deflates it all, then resets the device. Bound
+# again, it inflates to the target it reads (128 MiB), then to what the outer machine asks.
+vdev=$(basename "$(ls -d /sys/bus/virtio/drivers/virtio_balloon/virtio* | head -n 1)")
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_balloon/unbind
+[ -e /sys/bus/virtio/drivers/virtio_balloon/$vdev ] && echo "REBIND-BALLOON-UNBOUND=no" || echo "REBIND-BALLOON-UNBOUND=yes"
+echo "REBIND-MEMTOTAL-UNBOUND=$(memtotal)"
+echo "$vdev" > /sys/bus/virtio/drivers/virtio_balloon/bind
+[ -e /sys/bus/virtio/drivers/virtio_balloon/$vdev ] && echo "REBIND-BALLOON-BOUND=yes" || echo "REBIND-BALLOON-BOUND=no"
+i=0
+while [ $((before - $(memtotal))) -lt 125000 ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
+echo "REBIND-MEMTOTAL-REINFLATED=$(memtotal)"
+echo REBIND-REINFLATED
+i=0
+while [ $((before - $(memtotal))) -lt 158000 ] && [ $i -lt 240 ]; do sleep 0.5; i=$((i + 1)); done
+echo "REBIND-MEMTOTAL-INFLATED=$(memtotal)"
+echo REBIND-INFLATED
+# The outer machine reads fresh statistics meanwhile.
+sleep 20
 "#;
 
 /// Guest, phase 2: touch 150 MiB, hold it while the outer machine measures, free it.
@@ -103,6 +127,22 @@ inflated=$(rss)
 echo "RSS-INFLATED-KIB=$inflated (pid $pid, $(cat /proc/$pid/comm))"
 api GET /api/v1/vm.counters '' | tail -1 | sed 's/^/COUNTERS: /'
 echo
+# The guest rebinds its driver, which inflates to the target again; then 160 MiB through the
+# API, and statistics that show the smaller guest must come through the new stats queue.
+wait_for REBIND-REINFLATED 1200 || echo "NO-REBIND-REINFLATED"
+api PUT /api/v1/vm.resize '{"desired_balloon":167772160}' | head -1 | sed 's/^/REBIND-RESIZE-STATUS: /'
+wait_for REBIND-INFLATED 1200 || echo "NO-REBIND-INFLATED"
+total=$(sed -n 's/^REBIND-MEMTOTAL-INFLATED=//p' /tmp/out | tr -d '\r')
+fresh=no
+for t in 1 2 3 4 5; do
+    c=$(api GET /api/v1/vm.counters '' | tail -1)
+    got=$(echo "$c" | sed -n 's/.*"guest_total_memory":\([0-9]*\).*/\1/p')
+    if [ -n "$got" ] && [ -n "$total" ] && [ "$got" -le $(((total + 1024) * 1024)) ]; then
+        fresh=yes; break
+    fi
+done
+echo "REBIND-COUNTERS: $c"
+echo "REBIND-STATS-FRESH=$fresh after $t reads (guest_total_memory $got, MemTotal $total KiB)"
 finish
 "#;
 
@@ -191,6 +231,7 @@ fn balloon_inflate_and_free_page_reporting_lower_the_vmm_rss() {
         "VmRSS of pid {pid}: {filled} KiB filled -> {inflated} KiB after a 128 MiB inflate \
          (expected a fall of at least 100 MiB): {ctx}"
     );
+    check_rebind(log, &ctx);
     assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
 
     let r = &results[1];
@@ -211,4 +252,44 @@ fn balloon_inflate_and_free_page_reporting_lower_the_vmm_rss() {
          150 MiB (expected a fall of at least 75 MiB): {ctx}"
     );
     assert_eq!(value(log, "THINVM-TEST-RC"), Some("0"), "{ctx}");
+}
+
+/// The guest unbound `virtio_balloon` with 128 MiB inflated (the driver gave it all back, the
+/// device was reset) and bound it again: the driver inflated to the target again, a resize to
+/// 160 MiB lowered MemTotal further, and the statistics of the smaller guest came through the
+/// new stats queue.
+fn check_rebind(log: &str, ctx: &str) {
+    let kib = |key| {
+        value(log, key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key}: {ctx}"))
+    };
+    let before = kib("GUEST-MEMTOTAL-BEFORE");
+    assert_eq!(value(log, "REBIND-BALLOON-UNBOUND"), Some("yes"), "{ctx}");
+    let unbound = kib("REBIND-MEMTOTAL-UNBOUND");
+    assert!(
+        unbound + 1024 >= before,
+        "MemTotal {unbound} KiB after the unbind, {before} KiB before the inflate: {ctx}"
+    );
+    assert_eq!(value(log, "REBIND-BALLOON-BOUND"), Some("yes"), "{ctx}");
+    let reinflated = kib("REBIND-MEMTOTAL-REINFLATED");
+    assert!(
+        reinflated + 125_000 <= before,
+        "MemTotal {reinflated} KiB after the rebind (target 128 MiB): {ctx}"
+    );
+    assert!(log.contains("REBIND-RESIZE-STATUS: HTTP/1.1 204"), "{ctx}");
+    let inflated = kib("REBIND-MEMTOTAL-INFLATED");
+    assert!(
+        inflated + 158_000 <= before,
+        "MemTotal {inflated} KiB after a 160 MiB resize: {ctx}"
+    );
+    let fresh = value(log, "REBIND-STATS-FRESH").unwrap_or_default();
+    assert!(
+        fresh.starts_with("yes"),
+        "stats after the rebind: {fresh}: {ctx}"
+    );
+    assert!(
+        !log.contains("activation refused"),
+        "the VMM refused an activation: {ctx}"
+    );
 }

@@ -263,4 +263,6 @@ impl VirtioDevice for Balloon {
 #[cfg(test)]
 mod queue_tests;
 #[cfg(test)]
+mod reset_tests;
+#[cfg(test)]
 mod tests;

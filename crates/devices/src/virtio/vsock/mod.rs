@@ -193,6 +193,8 @@ mod harness;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod reset_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timeout_tests;

@@ -337,3 +337,19 @@ impl Muxer {
         None
     }
 }
+
+impl Drop for Muxer {
+    /// The device is reset (or goes away): every host socket closes with the muxer (its peer
+    /// reads EOF), so the connections still open are no longer active.
+    fn drop(&mut self) {
+        let open = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Some(Slot::Conn(_))))
+            .count();
+        if open > 0 {
+            tracing::debug!("virtio-vsock: {open} connections closed with the device");
+            self.stats.active.fetch_sub(open as u64, Ordering::Relaxed);
+        }
+    }
+}
